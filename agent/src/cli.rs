@@ -1,0 +1,166 @@
+//! Command line: parse arguments by hand, load the config, run one command, map the result to an
+//! exit code. Each command's work lives in its own module.
+
+use crate::clock::{Ratchet, SystemClock};
+use crate::config::{Config, DEFAULT_PATH};
+use crate::error::{Error, Exit, Result, EXIT_TABLE};
+use crate::format::hex;
+use crate::keys;
+use crate::state::Installed;
+use crate::verify::{self, Discard, NodeFacts};
+use std::ffi::OsString;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+pub const USAGE: &str = "\
+usage: edgepatch [--config FILE] [-v|-q] COMMAND [ARGS]
+
+commands:
+  verify BUNDLE   check signature, checksums, variant, expiry and sequence
+                  of BUNDLE for this node; reads it once, writes nothing
+                  but the trusted-time ratchet
+
+options:
+  --config FILE   agent config (default /etc/edgepatch/agent.conf,
+                  or $EDGEPATCH_CONFIG)
+  -v, -q          more or less logging on stderr (or EDGEPATCH_LOG=debug)
+  --version, --help
+";
+
+struct Args {
+    config: Option<PathBuf>,
+    verbosity: i8,
+    command: String,
+    rest: Vec<OsString>,
+}
+
+fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>> {
+    let mut config = None;
+    let mut verbosity = 0i8;
+    let mut it = argv.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.to_str() {
+            Some("--help" | "-h") => {
+                print!("{USAGE}\n{EXIT_TABLE}");
+                return Ok(None);
+            }
+            Some("--version" | "-V") => {
+                println!("edgepatch {}", crate::VERSION);
+                return Ok(None);
+            }
+            Some("--config") => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| Error::usage("--config needs a FILE"))?;
+                config = Some(PathBuf::from(v));
+            }
+            Some(s) if s.starts_with("--config=") => config = Some(PathBuf::from(&s[9..])),
+            Some("-v") => verbosity += 1,
+            Some("-q") => verbosity -= 1,
+            Some(s) if s.starts_with('-') => {
+                return Err(Error::usage(format!(
+                    "unknown option {s}; see edgepatch --help"
+                )))
+            }
+            Some(cmd) => {
+                return Ok(Some(Args {
+                    config,
+                    verbosity,
+                    command: cmd.to_string(),
+                    rest: it.collect(),
+                }))
+            }
+            None => return Err(Error::usage("arguments must be UTF-8")),
+        }
+    }
+    Err(Error::usage("no command given; see edgepatch --help"))
+}
+
+pub fn config_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit
+        .or_else(|| std::env::var_os("EDGEPATCH_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+}
+
+/// Run the agent; returns the process exit code.
+pub fn main(argv: Vec<OsString>) -> i32 {
+    let args = match parse_args(argv) {
+        Ok(Some(a)) => a,
+        Ok(None) => return 0,
+        Err(e) => {
+            eprintln!("edgepatch: {e}");
+            return e.exit.code();
+        }
+    };
+    crate::logger::init(args.verbosity);
+    match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("edgepatch: {}: {e}", e.exit.word());
+            e.exit.code()
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let config = Config::load(&config_path(args.config))?;
+    match args.command.as_str() {
+        "verify" => {
+            let [bundle] = one_path(&args.rest, "verify BUNDLE")?;
+            cmd_verify(&config, &bundle)
+        }
+        other => Err(Error::usage(format!(
+            "unknown command {other:?}; see edgepatch --help"
+        ))),
+    }
+}
+
+fn one_path<const N: usize>(rest: &[OsString], usage: &str) -> Result<[PathBuf; N]> {
+    let v: Vec<PathBuf> = rest.iter().map(PathBuf::from).collect();
+    v.try_into()
+        .map_err(|_| Error::usage(format!("usage: edgepatch {usage}")))
+}
+
+/// Open a bundle file, mapping a missing file to "deferred": no complete bundle is here yet.
+pub fn open_bundle(path: &Path) -> Result<BufReader<std::fs::File>> {
+    let f = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::new(Exit::Deferred, format!("no bundle at {}", path.display()))
+        }
+        _ => Error::io(Exit::Usage, path, e),
+    })?;
+    Ok(BufReader::with_capacity(256 * 1024, f))
+}
+
+fn cmd_verify(config: &Config, bundle: &Path) -> Result<()> {
+    let trusted = keys::load_trusted(&config.trusted_keys).map_err(Error::usage)?;
+    let installed = Installed::load(&config.state_dir)?;
+    let ratchet = Ratchet::new(&config.state_dir);
+    let node = NodeFacts {
+        variant: &config.variant,
+        installed_sequence: installed.map(|i| i.sequence),
+        now: ratchet.now(&SystemClock),
+    };
+    let mut reader = open_bundle(bundle)?;
+    let v = verify::verify_stream(&mut reader, &trusted, &node, &mut Discard)?;
+    let m = &v.manifest;
+    if let Err(e) = ratchet.advance(m.created.max(node.now)) {
+        log::warn!(
+            "cannot record trusted time in {}: {e}",
+            config.state_dir.display()
+        );
+    }
+    let bytes: u64 = m.entries.iter().map(|e| e.size).sum();
+    println!(
+        "ok: {} cycle {} sequence {}",
+        m.variant, m.cycle, m.sequence
+    );
+    println!(
+        "    {} entries, {} bytes, signed by {}",
+        m.entries.len(),
+        bytes,
+        v.signers.join(",")
+    );
+    println!("    manifest sha256 {}", hex(&v.manifest_sha256));
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! The agent's config file: a small TOML subset parsed by hand.
+//!
+//! Accepted lines: `key = "string"`, `key = 123`, `key = ["a", "b"]`, blank lines and `#`
+//! comments (also after a value). Unknown keys, repeated keys and wrong types are errors that
+//! name the file and line, so a typo never silently falls back to a default.
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_PATH: &str = "/etc/edgepatch/agent.conf";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageManagerChoice {
+    Auto,
+    Apt,
+    Dnf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub node_id: String,
+    pub variant: String,
+    /// `key=value` labels matched against a policy's matchLabels.
+    pub labels: Vec<(String, String)>,
+    /// A .pub file or a directory of them.
+    pub trusted_keys: PathBuf,
+    pub state_dir: PathBuf,
+    /// Filesystem root being patched.
+    pub root: PathBuf,
+    pub package_manager: PackageManagerChoice,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Str(String),
+    Int(i64),
+    List(Vec<String>),
+}
+
+impl Value {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Value::Str(_) => "a string",
+            Value::Int(_) => "a number",
+            Value::List(_) => "a list",
+        }
+    }
+}
+
+/// Parse a double-quoted string at the start of `s`; returns the string and the rest.
+fn parse_string(s: &str) -> std::result::Result<(String, &str), String> {
+    let body = s
+        .strip_prefix('"')
+        .ok_or("expected a double-quoted string")?;
+    let mut out = String::new();
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Ok((out, &body[i + 1..])),
+            '\\' => match chars.next() {
+                Some((_, '"')) => out.push('"'),
+                Some((_, '\\')) => out.push('\\'),
+                Some((_, 'n')) => out.push('\n'),
+                Some((_, 't')) => out.push('\t'),
+                _ => return Err("unsupported escape in string".into()),
+            },
+            c if c.is_control() => return Err("control character in string".into()),
+            c => out.push(c),
+        }
+    }
+    Err("string is not closed".into())
+}
+
+fn trailing_ok(rest: &str) -> std::result::Result<(), String> {
+    let rest = rest.trim_start();
+    if rest.is_empty() || rest.starts_with('#') {
+        Ok(())
+    } else {
+        Err(format!("unexpected text after value: {rest:?}"))
+    }
+}
+
+fn parse_value(s: &str) -> std::result::Result<Value, String> {
+    let s = s.trim_start();
+    if s.starts_with('"') {
+        let (v, rest) = parse_string(s)?;
+        trailing_ok(rest)?;
+        return Ok(Value::Str(v));
+    }
+    if let Some(mut rest) = s.strip_prefix('[') {
+        let mut items = Vec::new();
+        loop {
+            rest = rest.trim_start();
+            if let Some(after) = rest.strip_prefix(']') {
+                trailing_ok(after)?;
+                return Ok(Value::List(items));
+            }
+            let (item, after) = parse_string(rest)?;
+            items.push(item);
+            rest = after.trim_start();
+            if let Some(after) = rest.strip_prefix(',') {
+                rest = after;
+            } else if !rest.starts_with(']') {
+                return Err("expected ',' or ']' in list".into());
+            }
+        }
+    }
+    let end = s
+        .find(|c: char| c.is_whitespace() || c == '#')
+        .unwrap_or(s.len());
+    trailing_ok(&s[end..])?;
+    s[..end]
+        .parse::<i64>()
+        .map(Value::Int)
+        .map_err(|_| format!("value {:?} is not a string, number or list", &s[..end]))
+}
+
+/// (line number, key, value)
+type Line = (usize, String, Value);
+
+/// Parse `key = value` lines; an error carries the line number.
+fn parse_lines(text: &str) -> std::result::Result<Vec<Line>, (usize, String)> {
+    let mut out: Vec<Line> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let lineno = i + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or((lineno, "expected 'key = value'".to_string()))?;
+        let key = key.trim();
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+        {
+            return Err((lineno, format!("bad key {key:?}")));
+        }
+        if out.iter().any(|(_, k, _)| k == key) {
+            return Err((lineno, format!("key {key} given twice")));
+        }
+        let value = parse_value(value).map_err(|e| (lineno, e))?;
+        out.push((lineno, key.to_string(), value));
+    }
+    Ok(out)
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::usage(format!(
+                "config {}: {e} (use --config FILE or EDGEPATCH_CONFIG)",
+                path.display()
+            ))
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        let at = |line: usize, msg: String| Error::usage(format!("{origin}:{line}: {msg}"));
+        let lines = parse_lines(text).map_err(|(l, m)| at(l, m))?;
+        let mut node_id = None;
+        let mut variant = None;
+        let mut labels = Vec::new();
+        let mut trusted_keys = None;
+        let mut state_dir = PathBuf::from("/var/lib/edgepatch");
+        let mut root = PathBuf::from("/");
+        let mut package_manager = PackageManagerChoice::Auto;
+        for (line, key, value) in lines {
+            let want_str = |v: &Value| match v {
+                Value::Str(s) if !s.is_empty() => Ok(s.clone()),
+                other => Err(at(
+                    line,
+                    format!(
+                        "{key} must be a non-empty string, not {}",
+                        other.type_name()
+                    ),
+                )),
+            };
+            match key.as_str() {
+                "node_id" => node_id = Some(want_str(&value)?),
+                "variant" => variant = Some(want_str(&value)?),
+                "trusted_keys" => trusted_keys = Some(PathBuf::from(want_str(&value)?)),
+                "state_dir" => state_dir = PathBuf::from(want_str(&value)?),
+                "root" => root = PathBuf::from(want_str(&value)?),
+                "package_manager" => {
+                    package_manager = match want_str(&value)?.as_str() {
+                        "auto" => PackageManagerChoice::Auto,
+                        "apt" => PackageManagerChoice::Apt,
+                        "dnf" => PackageManagerChoice::Dnf,
+                        other => {
+                            return Err(at(
+                                line,
+                                format!("package_manager {other:?}: use apt, dnf or auto"),
+                            ))
+                        }
+                    }
+                }
+                "labels" => {
+                    let Value::List(items) = value else {
+                        return Err(at(
+                            line,
+                            format!(
+                                "labels must be a list like [\"role=kiosk\"], not {}",
+                                value.type_name()
+                            ),
+                        ));
+                    };
+                    for item in items {
+                        let (k, v) = item
+                            .split_once('=')
+                            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                            .ok_or_else(|| {
+                                at(line, format!("label {item:?} must look like key=value"))
+                            })?;
+                        labels.push((k.to_string(), v.to_string()));
+                    }
+                }
+                other => {
+                    return Err(at(
+                        line,
+                        format!("unknown key {other:?}; see README, config reference"),
+                    ))
+                }
+            }
+        }
+        let missing = |k: &str| Error::usage(format!("{origin}: required key {k} is missing"));
+        let node_id = node_id.ok_or_else(|| missing("node_id"))?;
+        let variant = variant.ok_or_else(|| missing("variant"))?;
+        let trusted_keys = trusted_keys.ok_or_else(|| missing("trusted_keys"))?;
+        for (what, v) in [("node_id", &node_id), ("variant", &variant)] {
+            if v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Error::usage(format!(
+                    "{origin}: {what} {v:?} must be printable, no spaces, ≤128 bytes"
+                )));
+            }
+        }
+        Ok(Config {
+            node_id,
+            variant,
+            labels,
+            trusted_keys,
+            state_dir,
+            root,
+            package_manager,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+# a kiosk
+node_id = "store-0042-till-1"
+variant = "debian-12-amd64"   # trailing comment
+labels = ["role=edge-node", "region=us-east"]
+trusted_keys = "/etc/edgepatch/keys"
+state_dir = "/var/lib/edgepatch"
+root = "/"
+package_manager = "apt"
+"#;
+
+    #[test]
+    fn parses_every_key() {
+        let c = Config::parse(GOOD, "agent.conf").unwrap();
+        assert_eq!(c.node_id, "store-0042-till-1");
+        assert_eq!(
+            c.labels,
+            vec![
+                ("role".into(), "edge-node".into()),
+                ("region".into(), "us-east".into())
+            ]
+        );
+        assert_eq!(c.package_manager, PackageManagerChoice::Apt);
+    }
+
+    #[test]
+    fn unknown_key_names_the_line() {
+        let e = Config::parse(&format!("{GOOD}colour = \"red\"\n"), "agent.conf").unwrap_err();
+        assert!(
+            e.msg.starts_with("agent.conf:10: unknown key \"colour\""),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            "node_id = \"a\nnode_id = \"b\"",
+            "labels = [\"nokey\"]",
+            "labels = \"role=x\"",
+            "package_manager = \"yum\"",
+            "node_id = \"x\" junk",
+            "node_id = [\"x\",",
+            "node_id 5",
+        ] {
+            let text = format!("variant = \"v\"\ntrusted_keys = \"k\"\n{bad}\n");
+            assert!(Config::parse(&text, "c").is_err(), "{bad}");
+        }
+        assert!(Config::parse("variant = \"v\"\n", "c")
+            .unwrap_err()
+            .msg
+            .contains("node_id"));
+    }
+}

@@ -1,0 +1,16 @@
+//! edgepatch node agent library. The binary in `main.rs` only parses arguments and calls `cli`.
+//! `format` is the bundle format shared with the builder; everything else is the node's side.
+
+pub mod cli;
+pub mod clock;
+pub mod cmd;
+pub mod config;
+pub mod error;
+pub mod format;
+pub mod fsutil;
+pub mod keys;
+pub mod logger;
+pub mod state;
+pub mod verify;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,4 @@
+fn main() {
+    let code = edgepatch::cli::main(std::env::args_os().skip(1).collect());
+    std::process::exit(code);
+}

@@ -1,0 +1,112 @@
+//! Verifying a bundle for this node: authenticity, integrity and freshness in one streaming pass.
+//!
+//! Order matters: container limits, then signatures over the raw manifest bytes (nothing unsigned
+//! is parsed beyond the header), then the manifest, then whether it is for this node (variant,
+//! expiry against the ratcheted clock, sequence), and only then the payload, entry by entry, each
+//! handed to a sink (which discards it, or stages it into a private directory) while it is hashed.
+//! A bundle whose last byte is wrong fails, and whatever the sink wrote must then be thrown away.
+
+use crate::error::{Error, Exit, Result};
+use crate::format::{self, hex, Entry, EntryReader, Manifest};
+use crate::keys::{check_signatures, TrustedKey};
+use std::io::{self, Read};
+
+/// What the node knows that decides whether a bundle is for it.
+pub struct NodeFacts<'a> {
+    pub variant: &'a str,
+    /// Sequence of the bundle last applied, if any.
+    pub installed_sequence: Option<u64>,
+    /// Ratcheted current time (see `clock`).
+    pub now: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub manifest: Manifest,
+    pub manifest_sha256: [u8; 32],
+    pub signers: Vec<String>,
+}
+
+/// Receives each entry's decoded bytes as they stream past.
+pub trait EntrySink {
+    fn entry(&mut self, entry: &Entry, data: &mut dyn Read) -> Result<()>;
+}
+
+/// Reads and drops every byte (plain `verify`).
+pub struct Discard;
+
+impl EntrySink for Discard {
+    fn entry(&mut self, _entry: &Entry, data: &mut dyn Read) -> Result<()> {
+        io::copy(data, &mut io::sink())
+            .map(|_| ())
+            .map_err(read_error)
+    }
+}
+
+fn read_error(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        Error::new(Exit::Integrity, format!("bundle truncated: {e}"))
+    } else {
+        Error::new(Exit::Integrity, format!("bundle payload: {e}"))
+    }
+}
+
+/// Authenticate the head and parse the manifest, without reading the payload.
+pub fn authenticate<R: Read>(r: &mut R, trusted: &[TrustedKey]) -> Result<Verified> {
+    let head = format::read_head(r)?;
+    let signers = check_signatures(&head.manifest_bytes, &head.signatures, trusted, 1)
+        .map_err(|m| Error::new(Exit::Authenticity, m))?;
+    let manifest = Manifest::parse(&head.manifest_bytes)?;
+    Ok(Verified {
+        manifest_sha256: head.manifest_sha256(),
+        manifest,
+        signers: signers.iter().map(|id| hex(id)).collect(),
+    })
+}
+
+/// Is this authentic manifest meant for this node now?
+pub fn check_applicable(m: &Manifest, node: &NodeFacts) -> Result<()> {
+    let na = |msg: String| Err(Error::new(Exit::NotApplicable, msg));
+    if m.variant != node.variant {
+        return na(format!(
+            "bundle is for variant {}, this node is {}",
+            m.variant, node.variant
+        ));
+    }
+    if m.expires <= node.now {
+        return na(format!(
+            "bundle {} expired at {} (node time {}); build a new one",
+            m.cycle, m.expires, node.now
+        ));
+    }
+    if let Some(installed) = node.installed_sequence {
+        if m.sequence <= installed {
+            return na(format!(
+                "bundle sequence {} is not newer than installed {installed} (replay or rollback)",
+                m.sequence
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The whole check: authenticate, check applicability, stream every entry through `sink`.
+pub fn verify_stream<R: Read>(
+    r: &mut R,
+    trusted: &[TrustedKey],
+    node: &NodeFacts,
+    sink: &mut dyn EntrySink,
+) -> Result<Verified> {
+    let verified = authenticate(r, trusted)?;
+    check_applicable(&verified.manifest, node)?;
+    for entry in &verified.manifest.entries {
+        if entry.stored == 0 && entry.kind == format::EntryKind::Ref {
+            continue;
+        }
+        let mut er = EntryReader::new(r, entry);
+        sink.entry(entry, &mut er)?;
+        er.finish()?;
+    }
+    format::expect_end(r)?;
+    Ok(verified)
+}

@@ -1,0 +1,62 @@
+//! edgepatch-builder: the central side. Thin main: parse, dispatch, map errors to exit codes.
+
+mod build;
+mod inspect;
+mod keygen;
+mod repo;
+mod verify;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "edgepatch-builder",
+    version,
+    about = "Build, sign, inspect and verify edgepatch bundles"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a signing key pair: DIR/edgepatch.key (0600) and DIR/edgepatch.pub
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Seal packages into one signed bundle for one OS variant and cycle
+    Build(build::BuildArgs),
+    /// Show a bundle's manifest (signatures are listed, not checked: use verify)
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a bundle's signature by the given key, every checksum, and its expiry
+    Verify {
+        #[arg(long = "pub")]
+        public: PathBuf,
+        bundle: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen { out } => keygen::run(&out),
+        Command::Build(args) => build::run(&args),
+        Command::Inspect { file, json } => inspect::run(&file, json),
+        Command::Verify { public, bundle } => verify::run(&public, &bundle),
+    };
+    if let Err(e) = result {
+        // Errors from the agent library carry the shared exit code; everything else is usage (1).
+        let code = e
+            .downcast_ref::<edgepatch::error::Error>()
+            .map_or(1, |ae| ae.exit.code());
+        eprintln!("edgepatch-builder: {e:#}");
+        std::process::exit(code);
+    }
+}
