@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod format;
 pub mod fsutil;
+pub mod json;
 pub mod keys;
 pub mod logger;
 pub mod state;
