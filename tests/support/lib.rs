@@ -1,1 +1,261 @@
-//! Helpers shared by the end-to-end tests in `tests/`.
+//! Helpers shared by the end-to-end tests in `tests/`: the built binaries, scratch directories,
+//! keys, agent configs, and real .deb packages built with dpkg-deb at test time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `target/debug` (or wherever cargo put this test binary's siblings).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("target dir").to_path_buf()
+}
+
+pub fn agent_bin() -> PathBuf {
+    target_dir().join("edgepatch")
+}
+
+pub fn builder_bin() -> PathBuf {
+    target_dir().join("edgepatch-builder")
+}
+
+/// A scratch directory removed on drop (kept when EDGEPATCH_KEEP_SCRATCH is set, for debugging).
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let base = std::env::temp_dir().join("edgepatch-tests");
+        std::fs::create_dir_all(&base).unwrap();
+        let path = base.join(format!(
+            "{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Scratch { path }
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::env::var_os("EDGEPATCH_KEEP_SCRATCH").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Result of running one of our binaries.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Assert the exit code, showing both streams when it is wrong.
+    pub fn expect(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Run {
+    Run::from(
+        cmd.output()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")),
+    )
+}
+
+pub fn builder(args: &[&str]) -> Run {
+    run(Command::new(builder_bin()).args(args))
+}
+
+/// A node: its config file, state dir and scratch root.
+pub struct Node {
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub root: PathBuf,
+}
+
+impl Node {
+    /// Write an agent config under `dir`. `extra` is appended verbatim (more keys).
+    pub fn new(dir: &Path, variant: &str, trusted: &Path, extra: &str) -> Node {
+        let state_dir = dir.join("state");
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let config = dir.join("agent.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = \"test-node\"\nvariant = \"{variant}\"\ntrusted_keys = \"{}\"\nstate_dir = \"{}\"\nroot = \"{}\"\n{extra}",
+                trusted.display(),
+                state_dir.display(),
+                root.display()
+            ),
+        )
+        .unwrap();
+        Node {
+            config,
+            state_dir,
+            root,
+        }
+    }
+
+    pub fn agent(&self, args: &[&str]) -> Run {
+        run(&mut self.command(args))
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(agent_bin());
+        c.arg("--config").arg(&self.config).args(args);
+        c
+    }
+}
+
+/// Generate a key pair in `dir`; returns (secret, public) paths.
+pub fn keygen(dir: &Path) -> (PathBuf, PathBuf) {
+    builder(&["keygen", "--out", dir.to_str().unwrap()]).expect(0);
+    (dir.join("edgepatch.key"), dir.join("edgepatch.pub"))
+}
+
+/// Build a bundle; `extra` are more build flags. Panics unless the builder exits 0.
+pub fn build_bundle(
+    key: &Path,
+    variant: &str,
+    cycle: &str,
+    seq: u64,
+    out: &Path,
+    inputs: &[&Path],
+    extra: &[&str],
+) -> Run {
+    let seq = seq.to_string();
+    let mut args = vec![
+        "build",
+        "--key",
+        key.to_str().unwrap(),
+        "--variant",
+        variant,
+        "--cycle",
+        cycle,
+        "--sequence",
+        &seq,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    for i in inputs {
+        args.push(i.to_str().unwrap());
+    }
+    builder(&args).expect(0)
+}
+
+/// A test .deb: name, version, dependencies, maintainer scripts and files.
+pub struct Deb<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub depends: &'a str,
+    pub postinst: Option<&'a str>,
+    /// (absolute path inside the root, contents)
+    pub files: Vec<(String, String)>,
+}
+
+impl<'a> Deb<'a> {
+    pub fn new(name: &'a str, version: &'a str) -> Deb<'a> {
+        Deb {
+            name,
+            version,
+            depends: "",
+            postinst: None,
+            files: vec![(
+                format!("/usr/share/edgepatch-test/{name}"),
+                format!("{name} {version}\n"),
+            )],
+        }
+    }
+
+    pub fn depends(mut self, d: &'a str) -> Self {
+        self.depends = d;
+        self
+    }
+
+    pub fn postinst(mut self, script: &'a str) -> Self {
+        self.postinst = Some(script);
+        self
+    }
+
+    /// Build `NAME_VERSION_all.deb` into `out_dir` with dpkg-deb; returns its path.
+    pub fn build(&self, out_dir: &Path) -> PathBuf {
+        let work = out_dir.join(format!(".build-{}-{}", self.name, self.version));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(work.join("DEBIAN")).unwrap();
+        let mut control = format!(
+            "Package: {}\nVersion: {}\nArchitecture: all\nMaintainer: edgepatch tests <t@example.invalid>\nDescription: edgepatch test package\n",
+            self.name, self.version
+        );
+        if !self.depends.is_empty() {
+            control += &format!("Depends: {}\n", self.depends);
+        }
+        std::fs::write(work.join("DEBIAN/control"), control).unwrap();
+        if let Some(script) = self.postinst {
+            use std::os::unix::fs::PermissionsExt;
+            let p = work.join("DEBIAN/postinst");
+            std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        for (path, contents) in &self.files {
+            let p = work.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, contents).unwrap();
+        }
+        std::fs::create_dir_all(out_dir).unwrap();
+        let deb = out_dir.join(format!("{}_{}_all.deb", self.name, self.version));
+        run(Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zgzip", "--build"])
+            .arg(&work)
+            .arg(&deb))
+        .expect(0);
+        std::fs::remove_dir_all(&work).unwrap();
+        deb
+    }
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool} >/dev/null")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Flip one byte of a file at `offset` (negative: from the end).
+pub fn flip_byte(path: &Path, offset: i64) {
+    let mut data = std::fs::read(path).unwrap();
+    let i = if offset < 0 {
+        (data.len() as i64 + offset) as usize
+    } else {
+        offset as usize
+    };
+    data[i] ^= 0x01;
+    std::fs::write(path, data).unwrap();
+}
