@@ -1,6 +1,7 @@
 //! Command line: parse arguments by hand, load the config, run one command, map the result to an
 //! exit code. Each command's work lives in its own module.
 
+use crate::apply::{self, Ctx};
 use crate::clock::{Ratchet, SystemClock};
 use crate::config::{Config, DEFAULT_PATH};
 use crate::error::{Error, Exit, Result, EXIT_TABLE};
@@ -19,6 +20,10 @@ commands:
   verify BUNDLE   check signature, checksums, variant, expiry and sequence
                   of BUNDLE for this node; reads it once, writes nothing
                   but the trusted-time ratchet
+  apply [BUNDLE]  verify, stage and install BUNDLE (default: the newest
+                  complete bundle in state_dir/incoming) from its local
+                  repository only; resumes or undoes an interrupted run
+  status [--json] what is installed, the last result, alerts
 
 options:
   --config FILE   agent config (default /etc/edgepatch/agent.conf,
@@ -109,10 +114,59 @@ fn run(args: Args) -> Result<()> {
             let [bundle] = one_path(&args.rest, "verify BUNDLE")?;
             cmd_verify(&config, &bundle)
         }
+        "apply" => {
+            let bundle: Option<PathBuf> = match args.rest.as_slice() {
+                [] => None,
+                [b] => Some(PathBuf::from(b)),
+                _ => return Err(Error::usage("usage: edgepatch apply [BUNDLE]")),
+            };
+            let trusted = keys::load_trusted(&config.trusted_keys).map_err(Error::usage)?;
+            let ctx = Ctx {
+                config: &config,
+                trusted: &trusted,
+                clock: &SystemClock,
+            };
+            let msg = apply::command(&ctx, bundle.as_deref())?;
+            println!("ok: {msg}");
+            Ok(())
+        }
+        "status" => {
+            let json = match args.rest.as_slice() {
+                [] => false,
+                [f] if f == "--json" => true,
+                _ => return Err(Error::usage("usage: edgepatch status [--json]")),
+            };
+            cmd_status(&config, json)
+        }
         other => Err(Error::usage(format!(
             "unknown command {other:?}; see edgepatch --help"
         ))),
     }
+}
+
+/// Show the status; first resolve an interrupted run if no other run is active.
+fn cmd_status(config: &Config, json: bool) -> Result<()> {
+    if crate::status::journal_path(&config.state_dir).exists() {
+        if let Ok(_lock) = crate::lock::acquire(&config.state_dir) {
+            let trusted = keys::load_trusted(&config.trusted_keys).map_err(Error::usage)?;
+            let ctx = Ctx {
+                config,
+                trusted: &trusted,
+                clock: &SystemClock,
+            };
+            let mut info = apply::RunInfo::default();
+            if let Err(e) = apply::recover(&ctx, &mut info) {
+                log::warn!("{e}");
+            }
+        }
+    }
+    let st = crate::status::Status::gather(config);
+    if json {
+        print!("{}", st.to_json());
+    } else {
+        print!("{}", st.to_lines());
+    }
+    Ok(())
 }
 
 fn one_path<const N: usize>(rest: &[OsString], usage: &str) -> Result<[PathBuf; N]> {

@@ -1,6 +1,7 @@
 //! edgepatch node agent library. The binary in `main.rs` only parses arguments and calls `cli`.
 //! `format` is the bundle format shared with the builder; everything else is the node's side.
 
+pub mod apply;
 pub mod cli;
 pub mod clock;
 pub mod cmd;
@@ -10,8 +11,15 @@ pub mod format;
 pub mod fsutil;
 pub mod json;
 pub mod keys;
+pub mod kv;
+pub mod lock;
 pub mod logger;
+pub mod pkg;
+pub mod stage;
 pub mod state;
+pub mod status;
+pub mod store;
+pub mod testhook;
 pub mod verify;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -23,6 +23,8 @@ pub struct NodeFacts<'a> {
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub manifest: Manifest,
+    /// The exact signed bytes (kept with a staged copy for crash recovery).
+    pub manifest_bytes: Vec<u8>,
     pub manifest_sha256: [u8; 32],
     pub signers: Vec<String>,
 }
@@ -60,6 +62,7 @@ pub fn authenticate<R: Read>(r: &mut R, trusted: &[TrustedKey]) -> Result<Verifi
     Ok(Verified {
         manifest_sha256: head.manifest_sha256(),
         manifest,
+        manifest_bytes: head.manifest_bytes,
         signers: signers.iter().map(|id| hex(id)).collect(),
     })
 }

@@ -259,3 +259,62 @@ pub fn flip_byte(path: &Path, offset: i64) {
     data[i] ^= 0x01;
     std::fs::write(path, data).unwrap();
 }
+
+/// Make `root` a scratch Debian root: the host's dpkg status is copied so base packages count as
+/// installed, plus the dirs dpkg needs.
+pub fn deb_root(root: &Path) {
+    for d in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/var/lib/dpkg/status", root.join("var/lib/dpkg/status")).unwrap();
+    std::fs::write(root.join("var/lib/dpkg/available"), "").unwrap();
+}
+
+/// Version of a package in a scratch Debian root, if present.
+pub fn deb_version(root: &Path, name: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            root.join("var/lib/dpkg").display()
+        ))
+        .args(["-W", "-f", "${Version} ${db:Status-Abbrev}", name])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !s.is_empty()).then_some(s)
+}
+
+/// Start a command in its own process group, so a test can SIGKILL it with all its children,
+/// as a power cut would.
+pub fn spawn_group(mut cmd: Command) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd.spawn().unwrap()
+}
+
+pub fn kill_group(child: &mut std::process::Child) {
+    let pgid = child.id() as i32;
+    Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status()
+        .unwrap();
+    let _ = child.wait();
+}
+
+/// Wait up to `secs` for a file to appear.
+pub fn wait_for_file(path: &Path, secs: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}

@@ -1,0 +1,515 @@
+//! `apply`: turn a verified bundle into installed packages, with no network, crash-safely.
+//!
+//! Steps, each preceded by a journal record (`state_dir/journal`, written with `write_atomic`):
+//!
+//! ```text
+//! staging     verify the bundle while copying it into state_dir/staging/SEQ (0700)
+//! installing  pre-patch versions recorded; simulate, then install from the staged repo only
+//! committing  record the installed cycle, keep the staged packages as the rollback cache
+//! ```
+//!
+//! A run killed anywhere is resolved by the next `apply` or `status`: an interrupted `staging` is
+//! discarded (nothing was installed yet); an interrupted `installing` is finished forward
+//! (`dpkg --configure -a`, then the same install again) or, when that fails, undone by putting the
+//! pre-patch versions back from the package cache; an interrupted `committing` is completed.
+
+use crate::clock::{Clock, Ratchet};
+use crate::config::Config;
+use crate::error::{Error, Exit, Result};
+use crate::format::{hex, Manifest};
+use crate::keys::TrustedKey;
+use crate::kv::Record;
+use crate::pkg::{self, PackageManager};
+use crate::stage::StagingSink;
+use crate::state::Installed;
+use crate::status::{self, journal_path};
+use crate::store;
+use crate::verify::{self, NodeFacts};
+use std::path::{Path, PathBuf};
+
+/// What the command needs: config, trust roots, a clock.
+pub struct Ctx<'a> {
+    pub config: &'a Config,
+    pub trusted: &'a [TrustedKey],
+    pub clock: &'a dyn Clock,
+}
+
+impl Ctx<'_> {
+    fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+
+    fn now(&self) -> u64 {
+        Ratchet::new(self.state_dir()).now(self.clock)
+    }
+
+    fn package_manager(&self) -> Result<Box<dyn PackageManager>> {
+        pkg::select(
+            self.config.package_manager,
+            &self.config.root,
+            self.state_dir(),
+        )
+    }
+}
+
+/// Facts gathered during one run, for the result record and the report.
+#[derive(Default, Debug)]
+pub struct RunInfo {
+    pub cycle: Option<String>,
+    pub sequence: Option<u64>,
+    pub restored: Option<String>,
+}
+
+/// `edgepatch apply [BUNDLE]`: lock, recover, apply, record the result, rewrite status.json.
+pub fn command(ctx: &Ctx, bundle: Option<&Path>) -> Result<String> {
+    let _lock = crate::lock::acquire(ctx.state_dir())?;
+    let mut info = RunInfo::default();
+    let result = recover(ctx, &mut info).and_then(|_| apply(ctx, bundle, &mut info));
+    finish(ctx, "apply", &result, &info);
+    result
+}
+
+/// Record the outcome and rewrite the status file.
+pub fn finish(ctx: &Ctx, command: &str, result: &Result<String>, info: &RunInfo) {
+    let (exit, reason) = match result {
+        Ok(msg) => (Exit::Ok, msg.as_str()),
+        Err(e) => (e.exit, e.msg.as_str()),
+    };
+    let mut extra = Vec::new();
+    if let Some(r) = &info.restored {
+        extra.push(("restored", r.clone()));
+    }
+    let sd = ctx.state_dir();
+    if let Err(e) = status::record_result(
+        sd,
+        command,
+        exit,
+        reason,
+        info.cycle.as_deref(),
+        ctx.now(),
+        &extra,
+    ) {
+        log::warn!("cannot record result in {}: {e}", sd.display());
+    }
+    status::write(ctx.config);
+}
+
+fn save_journal(ctx: &Ctx, j: &Record) -> Result<()> {
+    let p = journal_path(ctx.state_dir());
+    j.save(&p)
+        .map_err(|e| Error::io(Exit::InstallFailed, &p, e))?;
+    status::write(ctx.config);
+    Ok(())
+}
+
+fn clear_journal(ctx: &Ctx) -> Result<()> {
+    let p = journal_path(ctx.state_dir());
+    match std::fs::remove_file(&p) {
+        Ok(()) => crate::fsutil::sync_dir(ctx.state_dir())
+            .map_err(|e| Error::io(Exit::InstallFailed, ctx.state_dir(), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(Exit::InstallFailed, &p, e)),
+    }
+}
+
+fn is_verification_failure(e: &Error) -> bool {
+    matches!(e.exit, Exit::Integrity | Exit::Authenticity)
+}
+
+fn quarantine(ctx: &Ctx, bundle: &Path, e: Error) -> Error {
+    match store::quarantine(ctx.state_dir(), bundle, &e.msg, ctx.now()) {
+        Ok(q) => Error::new(
+            e.exit,
+            format!("{} (bundle quarantined as {})", e.msg, q.display()),
+        ),
+        Err(qe) => Error::new(e.exit, format!("{}; quarantine failed: {qe}", e.msg)),
+    }
+}
+
+fn apply(ctx: &Ctx, bundle: Option<&Path>, info: &mut RunInfo) -> Result<String> {
+    let sd = ctx.state_dir();
+    let bundle: PathBuf = match bundle {
+        Some(b) => b.to_path_buf(),
+        None => store::newest_complete(sd, ctx.trusted, &ctx.config.variant).ok_or_else(|| {
+            Error::new(
+                Exit::Deferred,
+                format!(
+                    "no complete bundle in {}; waiting for fetch or import",
+                    store::incoming_dir(sd).display()
+                ),
+            )
+        })?,
+    };
+    let installed = Installed::load(sd)?;
+
+    // A first look at the signed manifest: is this exactly what is installed already?
+    let first = crate::cli::open_bundle(&bundle)
+        .and_then(|mut r| verify::authenticate(&mut r, ctx.trusted))
+        .map_err(|e| {
+            if is_verification_failure(&e) {
+                quarantine(ctx, &bundle, e)
+            } else {
+                e
+            }
+        })?;
+    info.cycle = Some(first.manifest.cycle.clone());
+    info.sequence = Some(first.manifest.sequence);
+    if installed
+        .as_ref()
+        .is_some_and(|i| i.manifest_sha256 == first.manifest_sha256)
+    {
+        return Ok(format!(
+            "cycle {} already applied; nothing to do",
+            first.manifest.cycle
+        ));
+    }
+
+    let staging = sd.join("staging").join(first.manifest.sequence.to_string());
+    let mut journal = Record::new();
+    journal
+        .set("op", "apply")
+        .set("step", "staging")
+        .set("bundle", bundle.display())
+        .set("cycle", &first.manifest.cycle)
+        .set("sequence", first.manifest.sequence)
+        .set("staging", staging.display())
+        .set("started", ctx.now());
+    save_journal(ctx, &journal)?;
+
+    let verified = stage(
+        ctx,
+        &bundle,
+        &staging,
+        installed.as_ref().map(|i| i.sequence),
+    )
+    .inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&staging);
+        let _ = clear_journal(ctx);
+    });
+    let verified = verified.map_err(|e| {
+        if is_verification_failure(&e) {
+            quarantine(ctx, &bundle, e)
+        } else {
+            e
+        }
+    })?;
+    journal.set("manifest_sha256", hex(&verified.manifest_sha256));
+    crate::testhook::pause_point("staged");
+    install_and_commit(ctx, &mut journal, &staging, &verified.manifest, None, info)
+}
+
+/// Verify the bundle in one streaming pass while writing it into `staging`.
+fn stage(
+    ctx: &Ctx,
+    bundle: &Path,
+    staging: &Path,
+    installed_sequence: Option<u64>,
+) -> Result<verify::Verified> {
+    let ratchet = Ratchet::new(ctx.state_dir());
+    let node = NodeFacts {
+        variant: &ctx.config.variant,
+        installed_sequence,
+        now: ratchet.now(ctx.clock),
+    };
+    let sd = ctx.state_dir();
+    let mut sink = StagingSink::create(
+        staging.to_path_buf(),
+        vec![store::cache_current(sd), store::cache_previous(sd)],
+    )?;
+    let mut reader = crate::cli::open_bundle(bundle)?;
+    let v = verify::verify_stream(&mut reader, ctx.trusted, &node, &mut sink)?;
+    sink.finish(&v.manifest_bytes)?;
+    if let Err(e) = ratchet.advance(v.manifest.created.max(node.now)) {
+        log::warn!("cannot record trusted time: {e}");
+    }
+    Ok(v)
+}
+
+type Versions = Vec<(String, Option<String>)>;
+
+fn encode_versions(v: &[(String, Option<String>)]) -> String {
+    v.iter()
+        .map(|(n, ver)| format!("{n}={}", ver.as_deref().unwrap_or("-")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_versions(s: &str) -> Versions {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.split_once('='))
+        .map(|(n, v)| (n.to_string(), (v != "-").then(|| v.to_string())))
+        .collect()
+}
+
+/// Install from the staged repo and commit. `pre` is the journal's record of pre-patch versions
+/// when resuming; None on a fresh run (then they are read now and journaled before anything runs).
+fn install_and_commit(
+    ctx: &Ctx,
+    journal: &mut Record,
+    staging: &Path,
+    manifest: &Manifest,
+    pre: Option<Versions>,
+    info: &mut RunInfo,
+) -> Result<String> {
+    let pm = ctx.package_manager()?;
+    let fail = |m: String| Error::new(Exit::InstallFailed, m);
+    let offered = pm.repo_packages(staging).map_err(fail)?;
+    let mut names: Vec<String> = offered.iter().map(|p| p.name.clone()).collect();
+    names.sort();
+    names.dedup();
+    for want in &manifest.install {
+        if !names.contains(want) {
+            return Err(fail(format!(
+                "bundle asks to install {want} but carries no such package"
+            )));
+        }
+    }
+    let resuming = pre.is_some();
+    let pre = match pre {
+        Some(p) => p,
+        None => names
+            .iter()
+            .cloned()
+            .zip(pm.installed(&names).map_err(fail)?)
+            .collect(),
+    };
+    // Targets: installed packages the bundle has newer versions of, and the --install names.
+    let mut targets: Vec<(String, String)> = Vec::new();
+    for p in &offered {
+        let before = pre
+            .iter()
+            .find(|(n, _)| *n == p.name)
+            .and_then(|(_, v)| v.clone());
+        let wanted = match &before {
+            None => manifest.install.contains(&p.name),
+            Some(v) => pm.newer(&p.version, v).map_err(fail)?,
+        };
+        if wanted && !targets.iter().any(|(n, _)| *n == p.name) {
+            targets.push((p.name.clone(), p.version.clone()));
+        }
+    }
+    journal
+        .set("step", "installing")
+        .set("package_manager", pm.name())
+        .set("pre", encode_versions(&pre))
+        .set(
+            "targets",
+            encode_versions(
+                &targets
+                    .iter()
+                    .map(|(n, v)| (n.clone(), Some(v.clone())))
+                    .collect::<Vec<_>>(),
+            ),
+        );
+    save_journal(ctx, journal)?;
+    crate::testhook::pause_point("installing");
+
+    if !targets.is_empty() {
+        if !resuming {
+            // Refuse before touching anything when the package manager would not get through.
+            if let Err(m) = pm.simulate(staging, &targets) {
+                let _ = std::fs::remove_dir_all(staging);
+                clear_journal(ctx)?;
+                return Err(fail(format!(
+                    "{} refused the install, nothing changed: {m}",
+                    pm.name()
+                )));
+            }
+        }
+        let done = pm
+            .install(staging, &targets)
+            .and_then(|_| check_installed(pm.as_ref(), &targets));
+        if let Err(m) = done {
+            let restored = restore(ctx, pm.as_ref(), &pre);
+            info.restored = Some(restored.clone());
+            let _ = std::fs::remove_dir_all(staging);
+            clear_journal(ctx)?;
+            return Err(fail(format!("install failed: {m}; {restored}")));
+        }
+    }
+    journal.set("step", "committing");
+    save_journal(ctx, journal)?;
+    crate::testhook::pause_point("committing");
+    commit(ctx, journal)?;
+    Ok(format!(
+        "cycle {} sequence {} applied: {} package(s) changed{}",
+        manifest.cycle,
+        manifest.sequence,
+        targets.len(),
+        if resuming {
+            " (resumed after interruption)"
+        } else {
+            ""
+        }
+    ))
+}
+
+fn check_installed(
+    pm: &dyn PackageManager,
+    targets: &[(String, String)],
+) -> std::result::Result<(), String> {
+    let names: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();
+    let now = pm.installed(&names)?;
+    for ((name, want), have) in targets.iter().zip(now) {
+        if have.as_deref() != Some(want.as_str()) {
+            return Err(format!(
+                "{name} is at {} after install, expected {want}",
+                have.as_deref().unwrap_or("nothing")
+            ));
+        }
+    }
+    pm.audit()
+}
+
+/// Put every package back to its pre-patch version. Returns a one-line account of what was done.
+fn restore(ctx: &Ctx, pm: &dyn PackageManager, pre: &[(String, Option<String>)]) -> String {
+    let names: Vec<String> = pre.iter().map(|(n, _)| n.clone()).collect();
+    if let Err(e) = pm.repair() {
+        log::warn!("repair before restore: {e}");
+    }
+    let now = match pm.installed(&names) {
+        Ok(v) => v,
+        Err(e) => return format!("could not read installed versions to restore: {e}"),
+    };
+    let sd = ctx.state_dir();
+    let caches = [store::cache_current(sd), store::cache_previous(sd)];
+    let (mut files, mut remove, mut restored, mut missing) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((name, before), after) in pre.iter().zip(now) {
+        if *before == after {
+            continue;
+        }
+        match before {
+            None => remove.push(name.clone()),
+            Some(v) => {
+                let found = caches.iter().find_map(|c| {
+                    let p = pm
+                        .repo_packages(c)
+                        .ok()?
+                        .into_iter()
+                        .find(|p| p.name == *name && p.version == *v)?;
+                    Some(c.join(p.file))
+                });
+                match found {
+                    Some(f) => {
+                        files.push(f);
+                        restored.push(format!("{name}={v}"));
+                    }
+                    None => missing.push(format!("{name}={v}")),
+                }
+            }
+        }
+    }
+    let mut msg = match pm.restore(&files, &remove) {
+        Ok(()) if restored.is_empty() && remove.is_empty() => {
+            "nothing needed restoring".to_string()
+        }
+        Ok(()) => {
+            let mut parts = Vec::new();
+            if !restored.is_empty() {
+                parts.push(format!("restored {}", restored.join(" ")));
+            }
+            if !remove.is_empty() {
+                parts.push(format!("removed {}", remove.join(" ")));
+            }
+            parts.join("; ")
+        }
+        Err(e) => format!("RESTORE FAILED ({e}); node needs attention"),
+    };
+    if !missing.is_empty() {
+        msg += &format!("; no cached package to restore {}", missing.join(" "));
+    }
+    msg
+}
+
+/// Make the applied bundle the installed one and keep its packages as the rollback cache.
+/// Idempotent: a commit interrupted half-way is simply run again.
+fn commit(ctx: &Ctx, journal: &Record) -> Result<()> {
+    let sd = ctx.state_dir();
+    let err = |p: &Path, e: std::io::Error| Error::io(Exit::InstallFailed, p, e);
+    let staging = PathBuf::from(journal.get("staging").unwrap_or_default());
+    let sum = journal
+        .get("manifest_sha256")
+        .and_then(crate::format::parse_hex)
+        .ok_or_else(|| {
+            Error::new(
+                Exit::InstallFailed,
+                "journal has no manifest_sha256; remove state_dir/journal after checking the node",
+            )
+        })?;
+    Installed {
+        cycle: journal.get("cycle").unwrap_or("-").to_string(),
+        sequence: journal.num("sequence").unwrap_or(0),
+        manifest_sha256: sum,
+        applied_at: ctx.now(),
+    }
+    .save(sd)?;
+    crate::testhook::pause_point("commit-recorded");
+    if staging.exists() {
+        let (cur, prev) = (store::cache_current(sd), store::cache_previous(sd));
+        crate::fsutil::create_dir_mode(&sd.join("cache"), 0o700).map_err(|e| err(sd, e))?;
+        if prev.exists() {
+            std::fs::remove_dir_all(&prev).map_err(|e| err(&prev, e))?;
+        }
+        if cur.exists() {
+            std::fs::rename(&cur, &prev).map_err(|e| err(&cur, e))?;
+        }
+        std::fs::rename(&staging, &cur).map_err(|e| err(&staging, e))?;
+        crate::fsutil::sync_dir(&sd.join("cache")).map_err(|e| err(sd, e))?;
+    }
+    clear_journal(ctx)
+}
+
+/// Resolve what an interrupted run left behind. Called with the lock held.
+pub fn recover(ctx: &Ctx, info: &mut RunInfo) -> Result<()> {
+    let jp = journal_path(ctx.state_dir());
+    let Some(mut journal) = Record::load(&jp).map_err(|e| Error::io(Exit::Usage, &jp, e))? else {
+        return Ok(());
+    };
+    let staging = PathBuf::from(journal.get("staging").unwrap_or_default());
+    let step = journal.get("step").unwrap_or("").to_string();
+    log::warn!("found an interrupted run (step {step}); resolving it first");
+    info.cycle = journal.get("cycle").map(str::to_string);
+    match step.as_str() {
+        "installing" => {
+            let pm = ctx.package_manager()?;
+            if let Err(e) = pm.repair() {
+                log::warn!("repair after interruption: {e}");
+            }
+            let pre = decode_versions(journal.get("pre").unwrap_or(""));
+            let forward = crate::stage::recheck(&staging).and_then(|m| {
+                install_and_commit(ctx, &mut journal, &staging, &m, Some(pre.clone()), info)
+            });
+            match forward {
+                Ok(msg) => {
+                    finish(ctx, "recover", &Ok(msg.clone()), info);
+                    log::warn!("{msg}");
+                    Ok(())
+                }
+                Err(e) => {
+                    if journal_path(ctx.state_dir()).exists() {
+                        let restored = restore(ctx, pm.as_ref(), &pre);
+                        info.restored = Some(restored);
+                        let _ = std::fs::remove_dir_all(&staging);
+                        clear_journal(ctx)?;
+                    }
+                    let e = Error::new(
+                        Exit::InstallFailed,
+                        format!("interrupted install could not be finished: {}", e.msg),
+                    );
+                    finish(ctx, "recover", &Err(e.clone()), info);
+                    Err(e)
+                }
+            }
+        }
+        "committing" => commit(ctx, &journal),
+        _ => {
+            // Interrupted while staging (or an unknown step): nothing was installed yet.
+            if staging.starts_with(ctx.state_dir()) && staging.exists() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            clear_journal(ctx)
+        }
+    }
+}
