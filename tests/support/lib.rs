@@ -40,7 +40,7 @@ impl Scratch {
         Scratch { path }
     }
 
-    pub fn join(&self, p: &str) -> PathBuf {
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
         self.path.join(p)
     }
 }
@@ -317,4 +317,93 @@ pub fn wait_for_file(path: &Path, secs: u64) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     false
+}
+
+/// A test .rpm built with rpmbuild: noarch, one file, optional Requires and scriptlets.
+pub struct Rpm<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub requires: &'a str,
+    pub pre: Option<&'a str>,
+    pub post: Option<&'a str>,
+}
+
+impl<'a> Rpm<'a> {
+    pub fn new(name: &'a str, version: &'a str) -> Rpm<'a> {
+        Rpm {
+            name,
+            version,
+            requires: "",
+            pre: None,
+            post: None,
+        }
+    }
+
+    pub fn requires(mut self, r: &'a str) -> Self {
+        self.requires = r;
+        self
+    }
+
+    pub fn pre(mut self, script: &'a str) -> Self {
+        self.pre = Some(script);
+        self
+    }
+
+    pub fn post(mut self, script: &'a str) -> Self {
+        self.post = Some(script);
+        self
+    }
+
+    /// Build `NAME-VERSION-1.noarch.rpm` into `out_dir`; returns its path.
+    pub fn build(&self, out_dir: &Path) -> PathBuf {
+        let top = out_dir.join(format!(".rpmbuild-{}-{}", self.name, self.version));
+        let _ = std::fs::remove_dir_all(&top);
+        std::fs::create_dir_all(top.join("SPECS")).unwrap();
+        let mut spec = format!(
+            "Name: {n}\nVersion: {v}\nRelease: 1\nSummary: edgepatch test\nLicense: MIT\nBuildArch: noarch\n",
+            n = self.name,
+            v = self.version
+        );
+        if !self.requires.is_empty() {
+            spec += &format!("Requires: {}\n", self.requires);
+        }
+        spec += &format!(
+            "%description\nedgepatch test package\n%install\nmkdir -p %{{buildroot}}/usr/share/edgepatch-test\necho '{n} {v}' > %{{buildroot}}/usr/share/edgepatch-test/{n}\n%files\n/usr/share/edgepatch-test/{n}\n",
+            n = self.name,
+            v = self.version
+        );
+        if let Some(s) = self.pre {
+            spec += &format!("%pre\n{s}\n");
+        }
+        if let Some(s) = self.post {
+            spec += &format!("%post\n{s}\n");
+        }
+        let spec_path = top.join("SPECS/t.spec");
+        std::fs::write(&spec_path, spec).unwrap();
+        run(Command::new("rpmbuild")
+            .arg("--define")
+            .arg(format!("_topdir {}", top.display()))
+            .args(["--quiet", "-bb"])
+            .arg(&spec_path))
+        .expect(0);
+        let name = format!("{}-{}-1.noarch.rpm", self.name, self.version);
+        std::fs::create_dir_all(out_dir).unwrap();
+        let out = out_dir.join(&name);
+        std::fs::copy(top.join("RPMS/noarch").join(&name), &out).unwrap();
+        std::fs::remove_dir_all(&top).unwrap();
+        out
+    }
+}
+
+/// Version-release of a package in a scratch rpm root, if installed.
+pub fn rpm_version(root: &Path, name: &str) -> Option<String> {
+    let out = Command::new("rpm")
+        .arg("--root")
+        .arg(root)
+        .args(["-q", "--qf", "%{VERSION}-%{RELEASE}", name])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
