@@ -34,11 +34,11 @@ impl Fleet {
 
     /// Build a bundle from the given packages.
     fn bundle(&self, cycle: &str, seq: u64, debs: &[Deb], install: &[&str]) -> PathBuf {
-        let pkgs = self.dir.join(&format!("pkgs-{cycle}"));
+        let pkgs = self.dir.join(format!("pkgs-{cycle}"));
         for d in debs {
             d.build(&pkgs);
         }
-        let out = self.dir.join(&format!("{cycle}.epb"));
+        let out = self.dir.join(format!("{cycle}.epb"));
         let mut extra = Vec::new();
         for i in install {
             extra.push("--install");
