@@ -58,6 +58,8 @@ pub struct RunInfo {
     pub cycle: Option<String>,
     pub sequence: Option<u64>,
     pub restored: Option<String>,
+    /// When deferred by the rollout policy: the next time this node may start (unix seconds).
+    pub next_window: Option<i64>,
 }
 
 /// `edgepatch apply [BUNDLE]`: lock, recover, apply, record the result, rewrite status.json.
@@ -78,6 +80,9 @@ pub fn finish(ctx: &Ctx, command: &str, result: &Result<String>, info: &RunInfo)
     let mut extra = Vec::new();
     if let Some(r) = &info.restored {
         extra.push(("restored", r.clone()));
+    }
+    if let Some(t) = info.next_window {
+        extra.push(("next_window", t.to_string()));
     }
     let sd = ctx.state_dir();
     if let Err(e) = status::record_result(
@@ -163,6 +168,9 @@ fn apply(ctx: &Ctx, bundle: Option<&Path>, info: &mut RunInfo) -> Result<String>
             first.manifest.cycle
         ));
     }
+    if !first.manifest.policy.is_empty() {
+        rollout_gate(ctx, &first.manifest, info)?;
+    }
 
     let staging = sd.join("staging").join(first.manifest.sequence.to_string());
     let mut journal = Record::new();
@@ -196,6 +204,28 @@ fn apply(ctx: &Ctx, bundle: Option<&Path>, info: &mut RunInfo) -> Result<String>
     journal.set("manifest_sha256", hex(&verified.manifest_sha256));
     crate::testhook::pause_point("staged");
     install_and_commit(ctx, &mut journal, &staging, &verified.manifest, None, info)
+}
+
+/// The bundle's signed rollout policy: labels, maintenance window, wave. Checked on the node
+/// itself, so it holds for a bundle carried in on a USB stick too.
+fn rollout_gate(ctx: &Ctx, m: &Manifest, info: &mut RunInfo) -> Result<()> {
+    use crate::policy::{decide, tz::ZONEINFO_DIR, Decision, Policy};
+    let policy = Policy::from_lines(&m.policy).map_err(|e| {
+        Error::new(Exit::NotApplicable, format!("bundle policy: {e}"))
+    })?;
+    let tz = policy
+        .load_zone(Path::new(ZONEINFO_DIR))
+        .map_err(|e| Error::usage(format!("policy time zone: {e}")))?;
+    let now = ctx.now() as i64;
+    let labels = &ctx.config.labels;
+    match decide(&policy, &tz, &ctx.config.node_id, labels, &m.cycle, now) {
+        Decision::Apply => Ok(()),
+        Decision::Defer { reason, next_start } => {
+            info.next_window = Some(next_start);
+            Err(Error::new(Exit::Deferred, reason))
+        }
+        Decision::NotTargeted { reason } => Err(Error::new(Exit::NotApplicable, reason)),
+    }
 }
 
 /// Verify the bundle in one streaming pass while writing it into `staging`.

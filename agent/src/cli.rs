@@ -2,7 +2,7 @@
 //! exit code. Each command's work lives in its own module.
 
 use crate::apply::{self, Ctx};
-use crate::clock::{Ratchet, SystemClock};
+use crate::clock::Ratchet;
 use crate::config::{Config, DEFAULT_PATH};
 use crate::error::{Error, Exit, Result, EXIT_TABLE};
 use crate::format::hex;
@@ -121,10 +121,11 @@ fn run(args: Args) -> Result<()> {
                 _ => return Err(Error::usage("usage: edgepatch apply [BUNDLE]")),
             };
             let trusted = keys::load_trusted(&config.trusted_keys).map_err(Error::usage)?;
+            let clock = crate::clock::from_env();
             let ctx = Ctx {
                 config: &config,
                 trusted: &trusted,
-                clock: &SystemClock,
+                clock: clock.as_ref(),
             };
             let msg = apply::command(&ctx, bundle.as_deref())?;
             println!("ok: {msg}");
@@ -149,10 +150,11 @@ fn cmd_status(config: &Config, json: bool) -> Result<()> {
     if crate::status::journal_path(&config.state_dir).exists() {
         if let Ok(_lock) = crate::lock::acquire(&config.state_dir) {
             let trusted = keys::load_trusted(&config.trusted_keys).map_err(Error::usage)?;
+            let clock = crate::clock::from_env();
             let ctx = Ctx {
                 config,
                 trusted: &trusted,
-                clock: &SystemClock,
+                clock: clock.as_ref(),
             };
             let mut info = apply::RunInfo::default();
             if let Err(e) = apply::recover(&ctx, &mut info) {
@@ -193,7 +195,7 @@ fn cmd_verify(config: &Config, bundle: &Path) -> Result<()> {
     let node = NodeFacts {
         variant: &config.variant,
         installed_sequence: installed.map(|i| i.sequence),
-        now: ratchet.now(&SystemClock),
+        now: ratchet.now(crate::clock::from_env().as_ref()),
     };
     let mut reader = open_bundle(bundle)?;
     let v = verify::verify_stream(&mut reader, &trusted, &node, &mut Discard)?;

@@ -28,6 +28,67 @@ pub struct Config {
     /// Filesystem root being patched.
     pub root: PathBuf,
     pub package_manager: PackageManagerChoice,
+    /// Base URL of the published mirror tree (fetch).
+    pub mirror: Option<String>,
+    /// Download rate cap in bytes per second (`bwlimit = "2M"`).
+    pub bwlimit: Option<u64>,
+    /// When downloads may run, in the node's local time (`"Mon-Sun 20:00-06:00"`).
+    pub transfer_window: Option<String>,
+    /// Directories scanned by `import` and `run` (USB mount points, rsync drops).
+    pub import_paths: Vec<PathBuf>,
+    /// Maximum random delay in seconds before a `run` pass.
+    pub splay: u64,
+    /// Where reports are POSTed.
+    pub report_url: Option<String>,
+    /// Prometheus textfile for node_exporter.
+    pub metrics_file: Option<PathBuf>,
+    /// Snapshot backend: auto, btrfs, lvm-thin, timeshift, packages, none.
+    pub snapshot: String,
+    pub snapshot_keep: u64,
+    pub health_url: Option<String>,
+    pub health_command: Option<String>,
+    /// Seconds the health check may take.
+    pub health_timeout: u64,
+}
+
+/// Parse a byte count with an optional K, M or G suffix (powers of 1024).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size like 512K, 2M or 1048576"))
+}
+
+/// Parse seconds with an optional s, m, h or d suffix.
+pub fn parse_duration(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b's') => (&s[..s.len() - 1], 1u64),
+        Some(b'm') => (&s[..s.len() - 1], 60),
+        Some(b'h') => (&s[..s.len() - 1], 3600),
+        Some(b'd') => (&s[..s.len() - 1], 86400),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a duration like 90, 10m or 2h"))
+}
+
+fn check_url(u: &str) -> std::result::Result<(), String> {
+    if (u.starts_with("http://") || u.starts_with("https://")) && !u.contains(char::is_whitespace) {
+        Ok(())
+    } else {
+        Err(format!("{u:?} must be an http:// or https:// URL"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,7 +229,26 @@ impl Config {
         let mut state_dir = PathBuf::from("/var/lib/edgepatch");
         let mut root = PathBuf::from("/");
         let mut package_manager = PackageManagerChoice::Auto;
+        let mut mirror = None;
+        let mut bwlimit = None;
+        let mut transfer_window = None;
+        let mut import_paths = Vec::new();
+        let mut splay = 0;
+        let mut report_url = None;
+        let mut metrics_file = None;
+        let mut snapshot = "auto".to_string();
+        let mut snapshot_keep = 2;
+        let mut health_url = None;
+        let mut health_command = None;
+        let mut health_timeout = 120;
         for (line, key, value) in lines {
+            let checked = |r: std::result::Result<(), String>| r.map_err(|m| at(line, format!("{key}: {m}")));
+            // Numbers may be written bare (`splay = 600`) or as strings with units (`"10m"`).
+            let text_or_int = |v: &Value| match v {
+                Value::Int(i) if *i >= 0 => Ok(i.to_string()),
+                Value::Str(s) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(at(line, format!("{key} must be a number or a string"))),
+            };
             let want_str = |v: &Value| match v {
                 Value::Str(s) if !s.is_empty() => Ok(s.clone()),
                 other => Err(at(
@@ -197,6 +277,57 @@ impl Config {
                             ))
                         }
                     }
+                }
+                "mirror" => {
+                    let u = want_str(&value)?;
+                    checked(check_url(&u))?;
+                    mirror = Some(u.trim_end_matches('/').to_string());
+                }
+                "report_url" => {
+                    let u = want_str(&value)?;
+                    checked(check_url(&u))?;
+                    report_url = Some(u);
+                }
+                "health_url" => {
+                    let u = want_str(&value)?;
+                    checked(check_url(&u))?;
+                    health_url = Some(u);
+                }
+                "health_command" => health_command = Some(want_str(&value)?),
+                "metrics_file" => metrics_file = Some(PathBuf::from(want_str(&value)?)),
+                "bwlimit" => {
+                    bwlimit = Some(parse_size(&text_or_int(&value)?).map_err(|m| at(line, format!("bwlimit: {m}")))?)
+                }
+                "splay" => splay = parse_duration(&text_or_int(&value)?).map_err(|m| at(line, format!("splay: {m}")))?,
+                "health_timeout" => {
+                    health_timeout = parse_duration(&text_or_int(&value)?)
+                        .ok()
+                        .filter(|t| (1..=3600).contains(t))
+                        .ok_or_else(|| at(line, "health_timeout must be 1 to 3600 seconds".into()))?
+                }
+                "snapshot_keep" => {
+                    snapshot_keep = match value {
+                        Value::Int(n) if (1..=100).contains(&n) => n as u64,
+                        _ => return Err(at(line, "snapshot_keep must be a number from 1 to 100".into())),
+                    }
+                }
+                "snapshot" => {
+                    let v = want_str(&value)?;
+                    if !["auto", "btrfs", "lvm-thin", "timeshift", "packages", "none"].contains(&v.as_str()) {
+                        return Err(at(line, format!("snapshot {v:?}: use auto, btrfs, lvm-thin, timeshift, packages or none")));
+                    }
+                    snapshot = v;
+                }
+                "transfer_window" => {
+                    let w = want_str(&value)?;
+                    checked(crate::policy::Window::parse(&w).map(|_| ()))?;
+                    transfer_window = Some(w);
+                }
+                "import_paths" => {
+                    let Value::List(items) = value else {
+                        return Err(at(line, "import_paths must be a list like [\"/media/usb\"]".into()));
+                    };
+                    import_paths = items.into_iter().map(PathBuf::from).collect();
                 }
                 "labels" => {
                     let Value::List(items) = value else {
@@ -245,6 +376,18 @@ impl Config {
             state_dir,
             root,
             package_manager,
+            mirror,
+            bwlimit,
+            transfer_window,
+            import_paths,
+            splay,
+            report_url,
+            metrics_file,
+            snapshot,
+            snapshot_keep,
+            health_url,
+            health_command,
+            health_timeout,
         })
     }
 }
@@ -262,6 +405,18 @@ trusted_keys = "/etc/edgepatch/keys"
 state_dir = "/var/lib/edgepatch"
 root = "/"
 package_manager = "apt"
+mirror = "http://mirror.example.invalid/edgepatch/"
+bwlimit = "2M"
+transfer_window = "Mon-Sun 20:00-06:00"
+import_paths = ["/media/usb0", "/srv/drop"]
+splay = "10m"
+report_url = "http://center.example.invalid/api/v1/reports"
+metrics_file = "/var/lib/node_exporter/edgepatch.prom"
+snapshot = "packages"
+snapshot_keep = 3
+health_url = "http://127.0.0.1:8080/health"
+health_command = "/usr/local/bin/kiosk-ok"
+health_timeout = 60
 "#;
 
     #[test]
@@ -276,13 +431,18 @@ package_manager = "apt"
             ]
         );
         assert_eq!(c.package_manager, PackageManagerChoice::Apt);
+        assert_eq!(c.bwlimit, Some(2 << 20));
+        assert_eq!(c.splay, 600);
+        assert_eq!(c.mirror.as_deref(), Some("http://mirror.example.invalid/edgepatch"));
+        assert_eq!(c.import_paths.len(), 2);
+        assert_eq!((c.snapshot.as_str(), c.snapshot_keep, c.health_timeout), ("packages", 3, 60));
     }
 
     #[test]
     fn unknown_key_names_the_line() {
         let e = Config::parse(&format!("{GOOD}colour = \"red\"\n"), "agent.conf").unwrap_err();
         assert!(
-            e.msg.starts_with("agent.conf:10: unknown key \"colour\""),
+            e.msg.starts_with("agent.conf:22: unknown key \"colour\""),
             "{}",
             e.msg
         );
@@ -295,6 +455,12 @@ package_manager = "apt"
             "labels = [\"nokey\"]",
             "labels = \"role=x\"",
             "package_manager = \"yum\"",
+            "bwlimit = \"fast\"",
+            "mirror = \"ftp://x\"",
+            "transfer_window = \"Someday\"",
+            "snapshot = \"zfs\"",
+            "health_timeout = 0",
+            "splay = -5",
             "node_id = \"x\" junk",
             "node_id = [\"x\",",
             "node_id 5",

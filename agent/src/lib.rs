@@ -15,6 +15,8 @@ pub mod kv;
 pub mod lock;
 pub mod logger;
 pub mod pkg;
+pub mod policy;
+pub mod signed;
 pub mod stage;
 pub mod state;
 pub mod status;

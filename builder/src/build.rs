@@ -32,6 +32,9 @@ pub struct BuildArgs {
     /// Output bundle file
     #[arg(long)]
     pub out: PathBuf,
+    /// PatchPolicy YAML to sign into the bundle (bundleRef.version must be --cycle)
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// .deb or .rpm files, or directories holding them
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
@@ -234,7 +237,7 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         key_id: hex(&edgepatch::keys::key_id(&sk.public_key())),
         install: args.install.clone(),
         delta_base: None,
-        policy: Vec::new(),
+        policy: crate::policy::lines_for_build(args.policy.as_deref(), &args.cycle, created)?,
         entries: parts.iter().map(|(e, _)| e.clone()).collect(),
     };
     write_bundle(&args.out, &manifest, &sk, &parts)?;

@@ -3,6 +3,7 @@
 mod build;
 mod inspect;
 mod keygen;
+mod policy;
 mod repo;
 mod verify;
 
@@ -41,6 +42,9 @@ enum Command {
         public: PathBuf,
         bundle: PathBuf,
     },
+    /// Rollout policies (PatchPolicy YAML): check one, alone or against its bundle
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 fn main() {
@@ -50,6 +54,7 @@ fn main() {
         Command::Build(args) => build::run(&args),
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Verify { public, bundle } => verify::run(&public, &bundle),
+        Command::Policy(cmd) => policy::run(&cmd),
     };
     if let Err(e) = result {
         // Errors from the agent library carry the shared exit code; everything else is usage (1).
