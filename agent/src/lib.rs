@@ -16,6 +16,7 @@ pub mod lock;
 pub mod logger;
 pub mod pkg;
 pub mod policy;
+pub mod report;
 pub mod signed;
 pub mod stage;
 pub mod state;

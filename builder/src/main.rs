@@ -1,6 +1,7 @@
 //! edgepatch-builder: the central side. Thin main: parse, dispatch, map errors to exit codes.
 
 mod build;
+mod center;
 mod inspect;
 mod keygen;
 mod policy;
@@ -42,6 +43,12 @@ enum Command {
         public: PathBuf,
         bundle: PathBuf,
     },
+    /// Run the center: report API, dashboard, metrics and (optionally) the mirror
+    Serve(center::ServeArgs),
+    /// Load USB status exports (checks node signatures, pins node keys)
+    Ingest(center::IngestArgs),
+    /// Print the fleet summary (per cycle: done, deferred, failed, ..., silent)
+    Fleet(center::FleetArgs),
     /// Rollout policies (PatchPolicy YAML): check one, alone or against its bundle
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -54,6 +61,9 @@ fn main() {
         Command::Build(args) => build::run(&args),
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Verify { public, bundle } => verify::run(&public, &bundle),
+        Command::Serve(args) => center::serve(&args),
+        Command::Ingest(args) => center::ingest(&args),
+        Command::Fleet(args) => center::fleet(&args),
         Command::Policy(cmd) => policy::run(&cmd),
     };
     if let Err(e) = result {

@@ -1,0 +1,377 @@
+//! `edgepatch-builder serve`: the HTTP side of the center (axum on a small tokio runtime).
+//! SQLite work runs on blocking threads, so a slow client only ever holds its own task: the
+//! body size is capped, reading a body and answering both have a deadline.
+
+// Handlers return `Result<_, Response>`: an error *is* the response, built once per request,
+// so boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+use super::dashboard::{self, View};
+use super::db::{self, Db, Filter, IngestError};
+use super::model::{self, MAX_BODY};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tower_http::services::ServeDir;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+
+pub struct Center {
+    pub db: Db,
+    pub silent_after: i64,
+    accepted: AtomicU64,
+    duplicates: AtomicU64,
+    refused: AtomicU64,
+}
+
+type Shared = Arc<Center>;
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": msg.into() }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn json(v: &impl serde::Serialize) -> Response {
+    match serde_json::to_string(v) {
+        Ok(s) => ([(header::CONTENT_TYPE, "application/json")], s).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    eprintln!("edgepatch-builder serve: {e}");
+    err(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error: {e}"),
+    )
+}
+
+/// Run blocking database work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Response> + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
+}
+
+async fn post_reports(State(c): State<Shared>, body: Bytes) -> Response {
+    let reports = match model::parse_batch(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            c.refused.fetch_add(1, Ordering::Relaxed);
+            return err(StatusCode::BAD_REQUEST, e);
+        }
+    };
+    let c2 = c.clone();
+    let result = blocking(move || {
+        c2.db
+            .write(|conn| db::ingest(conn, &reports, db::now(), "http"))
+            .map_err(|e| match e {
+                IngestError::KeyMismatch(m) => {
+                    c2.refused.fetch_add(1, Ordering::Relaxed);
+                    err(StatusCode::CONFLICT, m)
+                }
+                e => internal(e),
+            })
+    })
+    .await;
+    match result {
+        Ok(r) => {
+            c.accepted.fetch_add(r.accepted as u64, Ordering::Relaxed);
+            c.duplicates
+                .fetch_add(r.duplicates as u64, Ordering::Relaxed);
+            json(&serde_json::json!({ "accepted": r.accepted, "duplicates": r.duplicates }))
+        }
+        Err(resp) => resp,
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct FilterQuery {
+    cycle: Option<String>,
+    variant: Option<String>,
+    label: Option<String>,
+    state: Option<String>,
+}
+
+impl FilterQuery {
+    fn view(&self) -> Result<View, Response> {
+        let filter = Filter::parse(
+            self.variant.as_deref(),
+            self.label.as_deref(),
+            self.state.as_deref(),
+        )
+        .map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
+        Ok(View {
+            cycle: self.cycle.clone().filter(|c| !c.is_empty()),
+            filter,
+        })
+    }
+}
+
+async fn get_nodes(State(c): State<Shared>, Query(q): Query<FilterQuery>) -> Response {
+    let view = match q.view() {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let r = blocking(move || {
+        let cutoff = db::now() - c.silent_after;
+        c.db.read(|conn| {
+            db::nodes(
+                conn,
+                view.cycle.as_deref(),
+                &view.filter,
+                cutoff,
+                usize::MAX >> 1,
+            )
+        })
+        .map_err(internal)
+    })
+    .await;
+    match r {
+        Ok((nodes, total)) => json(&serde_json::json!({ "total": total, "nodes": nodes })),
+        Err(r) => r,
+    }
+}
+
+async fn get_cycle(
+    State(c): State<Shared>,
+    UrlPath(cycle): UrlPath<String>,
+    Query(q): Query<FilterQuery>,
+) -> Response {
+    let view = match q.view() {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let r = blocking(move || {
+        let cutoff = db::now() - c.silent_after;
+        c.db.read(|conn| {
+            let Some(info) = db::cycle(conn, &cycle)? else {
+                return Ok(None);
+            };
+            let counts = db::counts(conn, Some(&cycle), &view.filter, cutoff)?;
+            Ok(Some((info, counts)))
+        })
+        .map_err(internal)
+    })
+    .await;
+    match r {
+        Ok(Some((info, counts))) => json(&serde_json::json!({
+            "cycle": info.cycle,
+            "first_seen": info.first_seen,
+            "last_seen": info.last_seen,
+            "nodes": counts.nodes,
+            "counts": counts.by_state,
+        })),
+        Ok(None) => err(StatusCode::NOT_FOUND, "no report names this cycle"),
+        Err(r) => r,
+    }
+}
+
+fn prom_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+async fn get_metrics(State(c): State<Shared>) -> Response {
+    let c2 = c.clone();
+    let r = blocking(move || {
+        let cutoff = db::now() - c2.silent_after;
+        c2.db
+            .read(|conn| {
+                let fleet = db::counts(conn, None, &Filter::default(), cutoff)?;
+                let latest = db::cycles(conn, 1)?;
+                let cycle = match latest.first() {
+                    Some(l) => Some((
+                        l.cycle.clone(),
+                        db::counts(conn, Some(&l.cycle), &Filter::default(), cutoff)?,
+                    )),
+                    None => None,
+                };
+                Ok((fleet, cycle, db::report_count(conn)?))
+            })
+            .map_err(internal)
+    })
+    .await;
+    let (fleet, cycle, stored) = match r {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let mut s = String::new();
+    s += "# HELP edgepatch_center_nodes Nodes by latest state (silent: not seen recently).\n";
+    s += "# TYPE edgepatch_center_nodes gauge\n";
+    for st in model::STATES {
+        s += &format!(
+            "edgepatch_center_nodes{{state=\"{st}\"}} {}\n",
+            fleet.get(st)
+        );
+    }
+    if let Some((name, n)) = cycle {
+        s += "# HELP edgepatch_center_cycle_nodes Nodes by state in the newest cycle.\n";
+        s += "# TYPE edgepatch_center_cycle_nodes gauge\n";
+        for st in model::STATES {
+            s += &format!(
+                "edgepatch_center_cycle_nodes{{cycle=\"{}\",state=\"{st}\"}} {}\n",
+                prom_escape(&name),
+                n.get(st)
+            );
+        }
+    }
+    s += "# HELP edgepatch_center_reports_stored Reports in the database.\n";
+    s += "# TYPE edgepatch_center_reports_stored gauge\n";
+    s += &format!("edgepatch_center_reports_stored {stored}\n");
+    s += "# HELP edgepatch_center_reports_total Reports received since start, by outcome.\n";
+    s += "# TYPE edgepatch_center_reports_total counter\n";
+    s += &format!(
+        "edgepatch_center_reports_total{{outcome=\"accepted\"}} {}\n\
+         edgepatch_center_reports_total{{outcome=\"duplicate\"}} {}\n",
+        c.accepted.load(Ordering::Relaxed),
+        c.duplicates.load(Ordering::Relaxed)
+    );
+    s += "# HELP edgepatch_center_requests_refused_total Report POSTs refused (4xx) since start.\n";
+    s += "# TYPE edgepatch_center_requests_refused_total counter\n";
+    s += &format!(
+        "edgepatch_center_requests_refused_total {}\n",
+        c.refused.load(Ordering::Relaxed)
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
+}
+
+async fn get_dashboard(State(c): State<Shared>, Query(q): Query<FilterQuery>) -> Response {
+    let view = match q.view() {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let r = blocking(move || {
+        c.db.read(|conn| {
+            let page = dashboard::load(conn, &view, c.silent_after)?;
+            Ok((dashboard::render(&view, &page), page.summary_ms))
+        })
+        .map_err(internal)
+    })
+    .await;
+    match r {
+        Ok((html, ms)) => {
+            let mut resp = Html(html).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("summary;dur={ms:.2}")) {
+                resp.headers_mut().insert("server-timing", v);
+            }
+            resp
+        }
+        Err(r) => r,
+    }
+}
+
+async fn get_node(State(c): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+    let r = blocking(move || {
+        let now = db::now();
+        c.db.read(|conn| {
+            let Some((node, status)) = db::node(conn, &id, now - c.silent_after)? else {
+                return Ok(None);
+            };
+            let hist = db::history(conn, &id, 200)?;
+            Ok(Some(dashboard::render_node(
+                &node,
+                status.as_deref(),
+                &hist,
+                now,
+            )))
+        })
+        .map_err(internal)
+    })
+    .await;
+    match r {
+        Ok(Some(html)) => Html(html).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, Html("<p>no such node</p>")).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn not_found() -> Response {
+    err(
+        StatusCode::NOT_FOUND,
+        "no such page; see / and /api/v1/nodes",
+    )
+}
+
+pub fn router(center: Shared, mirror: Option<PathBuf>) -> Router {
+    let mut app = Router::new()
+        .route(
+            "/api/v1/reports",
+            post(post_reports).layer(DefaultBodyLimit::max(MAX_BODY)),
+        )
+        .route("/api/v1/nodes", get(get_nodes))
+        .route("/api/v1/cycles/{cycle}", get(get_cycle))
+        .route("/metrics", get(get_metrics))
+        .route("/nodes/{id}", get(get_node))
+        .route("/", get(get_dashboard))
+        .fallback(not_found)
+        .with_state(center);
+    if let Some(dir) = mirror {
+        // ServeDir refuses paths that leave `dir` and answers Range requests.
+        app = app.nest_service("/mirror", ServeDir::new(dir));
+    }
+    app.layer(RequestBodyTimeoutLayer::new(Duration::from_secs(30)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(60),
+        ))
+}
+
+pub fn serve(
+    listen: &str,
+    db_path: &std::path::Path,
+    mirror: Option<PathBuf>,
+    silent_after: i64,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(m) = &mirror {
+        anyhow::ensure!(m.is_dir(), "--mirror {}: not a directory", m.display());
+    }
+    let center = Arc::new(Center {
+        db: Db::open(db_path)?,
+        silent_after,
+        accepted: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "edgepatch-builder serve: listening on http://{addr}/ (db {})",
+            db_path.display()
+        );
+        axum::serve(listener, router(center, mirror))
+            .with_graceful_shutdown(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            })
+            .await
+            .context("serve")
+    })
+}

@@ -1,0 +1,761 @@
+//! The center end to end (issue 8): the real `edgepatch-builder serve` on a loopback port with a
+//! real SQLite file, agents' reports spooled while it is down and flushed when it is up, USB
+//! exports (and a one-byte tamper), hostile input, the mirror, and the dashboard in headless
+//! Chromium.
+//!
+//! Run: `cargo test --test center` (builds edgepatch-builder first if needed).
+//! `EDGEPATCH_UPDATE_DOCS=1` also copies the dashboard screenshot to docs/dashboard.png.
+
+use edgepatch::report::{self, Report};
+use edgepatch_e2e::{builder_bin, Scratch};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Build the builder binary once per test process (cargo test does not build other packages'
+/// binaries).
+fn ensure_builder() -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "edgepatch-builder",
+                "--bin",
+                "edgepatch-builder",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "cargo build -p edgepatch-builder failed");
+    });
+    let bin = builder_bin();
+    assert!(bin.is_file(), "{} missing", bin.display());
+    bin
+}
+
+/// `edgepatch-builder serve` on 127.0.0.1:0; killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(db: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(ensure_builder())
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn serve");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .parse()
+            .unwrap();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = err.read_to_string(&mut sink);
+        });
+        Server { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Resp {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// A minimal HTTP/1.1 client (one request per connection).
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req += h;
+        req += "\r\n";
+    }
+    req += "\r\n";
+    // The server may answer (413) and close before the whole body is sent: keep what it said.
+    let _ = s.write_all(req.as_bytes()).and_then(|_| s.write_all(body));
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Resp {
+        status,
+        headers: head.to_string(),
+        body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out += &rest[..n];
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn get(srv: &Server, path: &str) -> Resp {
+    http(srv.addr, "GET", path, &[], b"")
+}
+
+fn post(srv: &Server, body: &str) -> Resp {
+    http(
+        srv.addr,
+        "POST",
+        "/api/v1/reports",
+        &["Content-Type: application/json"],
+        body.as_bytes(),
+    )
+}
+
+/// A number after `"key":` in JSON text.
+fn json_num(text: &str, key: &str) -> Option<u64> {
+    let pat = format!("\"{key}\":");
+    let i = text.find(&pat)? + pat.len();
+    let digits: String = text[i..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+fn rep(node: &str, cycle: Option<&str>, command: &str, code: i32, t: u64) -> Report {
+    let labels = if node.contains("kiosk") {
+        vec![
+            ("role".into(), "kiosk".into()),
+            ("region".into(), "north".into()),
+        ]
+    } else {
+        vec![
+            ("role".into(), "till".into()),
+            ("region".into(), "south".into()),
+        ]
+    };
+    Report {
+        id: report::new_id(node),
+        node_id: node.into(),
+        variant: if node.contains("rhel") {
+            "rhel-9-x86_64"
+        } else {
+            "debian-12-amd64"
+        }
+        .into(),
+        labels,
+        command: command.into(),
+        cycle: cycle.map(String::from),
+        sequence: cycle.map(|_| 7),
+        exit_code: code,
+        result: match code {
+            0 => "ok",
+            5 => "deferred",
+            6 => "install-failed",
+            7 => "health-failed",
+            2 => "integrity",
+            3 => "authenticity",
+            4 => "not-applicable",
+            _ => "usage",
+        }
+        .into(),
+        reason: match code {
+            0 => "installed 12 packages".into(),
+            5 => "outside maintenance window 02:00-04:00".into(),
+            6 => "apt-get exited 100: E: Sub-process /usr/bin/dpkg returned an error".into(),
+            7 => "health http://127.0.0.1/health: timed out after 30s; rolled back".into(),
+            2 => "payload pkgs/libssl3.deb: sha256 mismatch".into(),
+            _ => format!("exit {code}"),
+        },
+        timings_ms: vec![("verify".into(), 850), ("install".into(), 42_000)],
+        snapshot_id: (code == 0 || code == 7).then(|| format!("btrfs-{t}")),
+        installed_cycle: (code == 0).then(|| cycle.unwrap_or("").to_string()),
+        installed_sequence: (code == 0).then_some(7),
+        agent_version: "0.1.0".into(),
+        time: t,
+        trusted_time: t,
+    }
+}
+
+#[test]
+fn reports_spooled_offline_drain_once_when_the_center_is_up() {
+    let s = Scratch::new("center-spool");
+    let db = s.join("center.db");
+    let t = now();
+    // Three nodes run for days with the center unreachable.
+    let nodes = ["store-1-till-1", "store-2-kiosk-1", "store-3-rhel-till-1"];
+    let mut spooled = 0;
+    for (i, n) in nodes.iter().enumerate() {
+        let st = s.join(n);
+        report::spool(&st, &rep(n, None, "apply", 5, t - 3000)).unwrap();
+        report::spool(&st, &rep(n, Some("2025-w10"), "fetch", 0, t - 2000)).unwrap();
+        report::spool(
+            &st,
+            &rep(n, Some("2025-w10"), "apply", [0, 6, 7][i], t - 1000),
+        )
+        .unwrap();
+        spooled += 3;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/v1/reports", closed.local_addr().unwrap());
+        drop(closed);
+        let e = report::flush(&st, &url, Duration::from_secs(2)).unwrap_err();
+        assert!(e.contains("3 report(s) stay in the spool"), "{e}");
+        assert_eq!(report::pending(&st).unwrap(), 3);
+    }
+    // One node also hands a USB export to a technician before the WAN comes back.
+    let usb = s.join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    report::export_status(&s.join(nodes[0]), &usb).unwrap();
+
+    let srv = Server::start(&db, &[]);
+    edgepatch_e2e::builder(&[
+        "ingest",
+        "--db",
+        db.to_str().unwrap(),
+        usb.to_str().unwrap(),
+    ])
+    .expect(0);
+    let url = srv.url("/api/v1/reports");
+    for n in nodes {
+        let st = s.join(n);
+        let stats = report::flush(&st, &url, Duration::from_secs(10)).unwrap();
+        assert_eq!((stats.delivered, stats.remaining), (3, 0), "{n}");
+        assert_eq!(report::pending(&st).unwrap(), 0);
+        // A second flush has nothing to send.
+        let stats = report::flush(&st, &url, Duration::from_secs(10)).unwrap();
+        assert_eq!(stats.delivered, 0);
+    }
+    // Nothing lost, nothing doubled (the USB copy of node 1's reports counted once).
+    let m = get(&srv, "/metrics");
+    assert_eq!(m.status, 200);
+    assert!(
+        m.body
+            .contains(&format!("edgepatch_center_reports_stored {spooled}\n")),
+        "{}",
+        m.body
+    );
+    assert!(m
+        .body
+        .contains("edgepatch_center_reports_total{outcome=\"duplicate\"} 3\n"));
+    let c = get(&srv, "/api/v1/cycles/2025-w10");
+    assert_eq!(c.status, 200, "{}", c.body);
+    assert_eq!(json_num(&c.body, "nodes"), Some(3), "{}", c.body);
+    assert_eq!(json_num(&c.body, "done"), Some(1), "{}", c.body);
+    assert_eq!(json_num(&c.body, "failed"), Some(1), "{}", c.body);
+    assert_eq!(json_num(&c.body, "rolled-back"), Some(1), "{}", c.body);
+    let n = get(&srv, "/api/v1/nodes");
+    assert_eq!(json_num(&n.body, "total"), Some(3));
+    assert!(n.body.contains("\"node_id\":\"store-1-till-1\""));
+    assert!(n.body.contains("\"installed_cycle\":\"2025-w10\""));
+    assert!(n
+        .body
+        .contains("\"labels\":{\"region\":\"south\",\"role\":\"till\"}"));
+    // Filters work on the API too.
+    let n = get(&srv, "/api/v1/nodes?variant=rhel-9-x86_64");
+    assert_eq!(json_num(&n.body, "total"), Some(1), "{}", n.body);
+    // A replayed POST is accepted as a no-op.
+    let body = format!(
+        "{{\"reports\":[{}]}}",
+        rep("store-9", Some("2025-w10"), "apply", 0, t).to_json(&"ab".repeat(32), 0)
+    );
+    assert!(post(&srv, &body).body.contains("\"accepted\":1"));
+    let again = post(&srv, &body);
+    assert_eq!(again.status, 200);
+    assert!(
+        again.body.contains("\"accepted\":0,\"duplicates\":1"),
+        "{}",
+        again.body
+    );
+    // The terminal summary agrees.
+    let out = edgepatch_e2e::builder(&["fleet", "--db", db.to_str().unwrap()]).expect(0);
+    assert!(out.stdout.contains("fleet: 4 nodes"), "{}", out.stdout);
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with("2025-w10")),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn usb_export_tampered_by_one_byte_is_rejected() {
+    let s = Scratch::new("center-usb");
+    let db = s.join("center.db");
+    let db_arg = db.to_str().unwrap();
+    let st = s.join("node");
+    let t = now();
+    report::spool(
+        &st,
+        &rep("store-7-till-2", Some("2025-w11"), "apply", 6, t - 100),
+    )
+    .unwrap();
+    std::fs::write(
+        st.join(report::STATUS_FILE),
+        "{\"node_id\":\"store-7-till-2\",\"state\":\"failed\"}\n",
+    )
+    .unwrap();
+    let usb = s.join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    let export = report::export_status(&st, &usb).unwrap();
+
+    // Flip one byte of a copy: "exit_code":6 -> "exit_code":0.
+    let bad = s.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    for f in [
+        report::EXPORT_JSON,
+        report::EXPORT_SIG,
+        report::NODE_PUB_FILE,
+    ] {
+        std::fs::copy(export.join(f), bad.join(f)).unwrap();
+    }
+    let mut bytes = std::fs::read(bad.join(report::EXPORT_JSON)).unwrap();
+    let pos = String::from_utf8_lossy(&bytes)
+        .find("\"exit_code\":6")
+        .unwrap()
+        + 12;
+    bytes[pos] = b'0';
+    std::fs::write(bad.join(report::EXPORT_JSON), &bytes).unwrap();
+    let r = edgepatch_e2e::builder(&["ingest", "--db", db_arg, bad.to_str().unwrap()]).expect(3);
+    assert!(r.stderr.contains("REJECTED"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("does not match the bytes of export.json"),
+        "{}",
+        r.stderr
+    );
+    // Nothing was stored.
+    let f = edgepatch_e2e::builder(&["fleet", "--db", db_arg]).expect(0);
+    assert!(f.stdout.contains("fleet: 0 nodes"), "{}", f.stdout);
+
+    // The genuine export is stored, and pins the node key.
+    let r = edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb.to_str().unwrap()]).expect(0);
+    assert!(
+        r.stdout.contains("signature ok, 1 report(s): 1 new"),
+        "{}",
+        r.stdout
+    );
+
+    // Same node id, another key (a cloned SD card, an impostor): refused.
+    let other = s.join("other");
+    report::spool(
+        &other,
+        &rep("store-7-till-2", Some("2025-w11"), "apply", 0, t),
+    )
+    .unwrap();
+    let usb2 = s.join("usb2");
+    std::fs::create_dir_all(&usb2).unwrap();
+    report::export_status(&other, &usb2).unwrap();
+    let r = edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb2.to_str().unwrap()]).expect(3);
+    assert!(r.stderr.contains("is pinned to key"), "{}", r.stderr);
+    // ... also over HTTP.
+    let srv = Server::start(&db, &[]);
+    let e = report::flush(&other, &srv.url("/api/v1/reports"), Duration::from_secs(5)).unwrap();
+    assert_eq!((e.delivered, e.rejected), (0, 1));
+    // After an operator unpins it (node reinstalled), the new key is accepted.
+    edgepatch_e2e::builder(&["fleet", "--db", db_arg, "--unpin", "store-7-till-2"]).expect(0);
+    edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb2.to_str().unwrap()]).expect(0);
+    // The node page shows the exported status.json.
+    let page = get(&srv, "/nodes/store-7-till-2");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("status.json"), "{}", page.body);
+}
+
+#[test]
+fn bad_input_gets_a_clear_4xx_and_slow_clients_do_not_stall_others() {
+    let s = Scratch::new("center-bad");
+    let srv = Server::start(&s.join("c.db"), &[]);
+    // A client that sends half a request line and then nothing.
+    let mut slow = TcpStream::connect(srv.addr).unwrap();
+    slow.write_all(b"POST /api/v1/reports HTTP/1.1\r\nContent-Length: 100000\r\n\r\n{\"rep")
+        .unwrap();
+
+    let started = Instant::now();
+    let r = post(&srv, "this is not json");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("is not {\\\"reports\\\":[...]} JSON"),
+        "{}",
+        r.body
+    );
+    let r = post(&srv, "{\"reports\":[{\"id\":\"x\"}]}");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("reports[0]") && r.body.contains("missing field"),
+        "{}",
+        r.body
+    );
+    let mut good = rep("n1", Some("c1"), "apply", 0, now()).to_json(&"ab".repeat(32), 0);
+    let bad_key = good.replace(&"ab".repeat(32), "not-hex");
+    let r = post(&srv, &format!("{{\"reports\":[{good},{bad_key}]}}"));
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("reports[1]") && r.body.contains("node_pubkey"),
+        "{}",
+        r.body
+    );
+    let r = post(
+        &srv,
+        &good.replace("\"apply\"", "\"'; DROP TABLE reports; --\""),
+    );
+    assert_eq!(r.status, 400);
+    let huge = format!("{{\"reports\":[{}]}}", "x".repeat(5 << 20));
+    let r = post(&srv, &huge);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(get(&srv, "/api/v1/cycles/nope").status, 404);
+    let r = get(&srv, "/?label=novalue");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("key=value"));
+    assert_eq!(get(&srv, "/?state=bogus").status, 400);
+    // Nothing bad got in; a good report still does, while the slow client still hangs.
+    good = format!("{{\"reports\":[{good}]}}");
+    let r = post(&srv, &good);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let m = get(&srv, "/metrics");
+    assert!(
+        m.body.contains("edgepatch_center_reports_stored 1\n"),
+        "{}",
+        m.body
+    );
+    assert!(
+        m.body
+            .contains("edgepatch_center_requests_refused_total 4\n"),
+        "{}",
+        m.body
+    );
+    drop(slow);
+}
+
+#[test]
+fn mirror_is_served_with_ranges() {
+    let s = Scratch::new("center-mirror");
+    let mirror = s.join("mirror");
+    std::fs::create_dir_all(mirror.join("debian-12")).unwrap();
+    std::fs::write(mirror.join("debian-12/b.epb"), b"0123456789").unwrap();
+    std::fs::write(s.join("secret"), b"no").unwrap();
+    let srv = Server::start(&s.join("c.db"), &["--mirror", mirror.to_str().unwrap()]);
+    let r = get(&srv, "/mirror/debian-12/b.epb");
+    assert_eq!((r.status, r.body.as_str()), (200, "0123456789"));
+    let r = http(
+        srv.addr,
+        "GET",
+        "/mirror/debian-12/b.epb",
+        &["Range: bytes=2-5"],
+        b"",
+    );
+    assert_eq!((r.status, r.body.as_str()), (206, "2345"), "{}", r.headers);
+    let r = get(&srv, "/mirror/../secret");
+    assert!(r.status == 404 || r.status == 400, "{}", r.status);
+    assert_ne!(r.body, "no");
+}
+
+/// Seed a fleet: 30 nodes over HTTP with three cycles, 3 silent ones from old USB exports.
+fn seed_fleet(srv: &Server, s: &Scratch, db: &Path) -> Vec<(&'static str, u64)> {
+    let t = now();
+    let h = 3600;
+    let mut batch = Vec::new();
+    let outcome = |i: usize| match i {
+        0..=14 => 0,
+        15..=18 => 5,
+        19..=21 => 6,
+        22..=23 => 7,
+        24..=25 => 2,
+        26 => 4,
+        _ => -1, // 27..=29: no report for the newest cycle yet (pending)
+    };
+    for i in 0..30 {
+        let name = match i % 3 {
+            0 => format!("store-{:03}-kiosk-1", i),
+            1 => format!("store-{:03}-rhel-till-1", i),
+            _ => format!("store-{:03}-till-2", i),
+        };
+        let key = format!("{:064x}", i + 1);
+        let push = |b: &mut Vec<String>, r: Report| b.push(r.to_json(&key, 0));
+        push(
+            &mut batch,
+            rep(
+                &name,
+                Some("2025-w10"),
+                "apply",
+                0,
+                t - 14 * 24 * h + i as u64 * 1500,
+            ),
+        );
+        push(
+            &mut batch,
+            rep(
+                &name,
+                Some("2025-w11"),
+                "apply",
+                0,
+                t - 7 * 24 * h + i as u64 * 3000,
+            ),
+        );
+        let code = outcome(i);
+        if code >= 0 {
+            let when = t - 44 * h + (i as u64 * 37 % 30) * h;
+            let mut r = rep(&name, Some("2025-w12"), "apply", code, when);
+            if code != 0 {
+                r.installed_cycle = Some("2025-w11".into());
+                r.installed_sequence = Some(6);
+            }
+            push(&mut batch, r);
+        } else {
+            push(&mut batch, rep(&name, None, "apply", 5, t - h));
+        }
+    }
+    let r = post(srv, &format!("{{\"reports\":[{}]}}", batch.join(",")));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Three nodes last heard of four days ago, via USB exports written back then.
+    for i in 0..3 {
+        let st = s.join(format!("silent-{i}"));
+        let name = format!("store-{:03}-till-9", 40 + i);
+        let old = t - 4 * 24 * h;
+        let kp = report::node_key(&st).unwrap();
+        let pk: String = kp.pk.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let reps = [
+            rep(&name, Some("2025-w10"), "apply", 0, t - 13 * 24 * h),
+            rep(&name, Some("2025-w11"), "apply", 0, t - 6 * 24 * h),
+            rep(&name, None, "apply", 5, old),
+        ];
+        let body = format!(
+            "{{\"format\":\"{}\",\"node_pubkey\":\"{pk}\",\"exported_at\":{old},\"status\":null,\"reports\":[{}]}}",
+            report::EXPORT_FORMAT,
+            reps.iter().map(|r| r.to_json(&pk, 0)).collect::<Vec<_>>().join(",")
+        );
+        let sig: String = kp
+            .sk
+            .sign(body.as_bytes(), None)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dir = s.join(format!("usb/export-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(report::EXPORT_JSON), &body).unwrap();
+        std::fs::write(
+            dir.join(report::EXPORT_SIG),
+            format!("{} {sig}\n", report::SIGNATURE_TAG),
+        )
+        .unwrap();
+        std::fs::copy(
+            st.join(report::NODE_PUB_FILE),
+            dir.join(report::NODE_PUB_FILE),
+        )
+        .unwrap();
+    }
+    edgepatch_e2e::builder(&[
+        "ingest",
+        "--db",
+        db.to_str().unwrap(),
+        s.join("usb").to_str().unwrap(),
+    ])
+    .expect(0);
+    vec![
+        ("done", 15),
+        ("deferred", 4),
+        ("failed", 3),
+        ("rolled-back", 2),
+        ("quarantined", 2),
+        ("not-applicable", 1),
+        ("pending", 3),
+        ("silent", 3),
+    ]
+}
+
+/// The number in a summary cell of the dashboard's DOM.
+fn cell(dom: &str, cycle: &str, state: &str) -> Option<u64> {
+    let pat = format!("data-cycle=\"{cycle}\" data-state=\"{state}\">");
+    let i = dom.find(&pat)? + pat.len();
+    let end = dom[i..].find("</td>")? + i;
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in dom[i..end].chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.trim().parse().ok()
+}
+
+fn chromium(args: &[&str], profile: &Path) -> std::process::Output {
+    let mut child = Command::new("/usr/bin/chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chromium");
+    let out_reader = {
+        let mut so = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = so.read_to_end(&mut v);
+            v
+        })
+    };
+    let err_reader = {
+        let mut se = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = se.read_to_end(&mut v);
+            v
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::process::Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+#[test]
+fn dashboard_in_headless_chromium() {
+    let s = Scratch::new("center-ui");
+    let db = s.join("c.db");
+    let srv = Server::start(&db, &[]);
+    let expected = seed_fleet(&srv, &s, &db);
+
+    // Server-side checks that need no browser: filters and the node page.
+    let html = get(&srv, "/?variant=rhel-9-x86_64").body;
+    assert_eq!(cell(&html, "2025-w12", "done"), Some(5), "rhel nodes done");
+    let html = get(&srv, "/?label=role%3Dkiosk&cycle=2025-w12&state=failed").body;
+    assert!(html.contains("only failed"), "{html}");
+    let node = get(&srv, "/nodes/store-021-kiosk-1");
+    assert_eq!(node.status, 200);
+    assert!(node.body.contains("install-failed") && node.body.contains("2025-w11"));
+    assert!(get(&srv, "/")
+        .headers
+        .to_ascii_lowercase()
+        .contains("server-timing: summary;dur="));
+
+    if !Path::new("/usr/bin/chromium").exists() {
+        eprintln!(
+            "SKIPPED dashboard_in_headless_chromium browser part: /usr/bin/chromium is absent \
+             (apt-get install chromium, or scripts/test-deps.sh)"
+        );
+        return;
+    }
+    let url = srv.url("/");
+    let out = chromium(&["--dump-dom", &url], &s.join("profile1"));
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        dom.contains("edgepatch fleet"),
+        "chromium rendered nothing: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (state, n) in &expected {
+        assert_eq!(cell(&dom, "2025-w12", state), Some(*n), "2025-w12 {state}");
+    }
+    assert_eq!(cell(&dom, "2025-w11", "done"), Some(33));
+    assert!(dom.contains("<svg id=\"plot\""), "completion plot present");
+    assert!(dom.contains("15 of 33 done"));
+    assert!(
+        dom.contains("/nodes/store-021-kiosk-1"),
+        "node history links"
+    );
+
+    let png = s.join("dashboard.png");
+    let out = chromium(
+        &[&format!("--screenshot={}", png.display()), &url],
+        &s.join("profile2"),
+    );
+    let bytes = std::fs::read(&png).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert_eq!((w, h), (1280, 900));
+    assert!(
+        bytes.len() > 20_000,
+        "screenshot looks blank ({} bytes)",
+        bytes.len()
+    );
+    if std::env::var_os("EDGEPATCH_UPDATE_DOCS").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        std::fs::copy(&png, docs.join("dashboard.png")).unwrap();
+    }
+}
