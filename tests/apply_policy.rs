@@ -72,7 +72,7 @@ fn usb_bundle_outside_window_defers_then_applies_inside_it() {
         .command(&["apply"])
         .env("EDGEPATCH_TEST_NOW", &monday_noon))
     .expect(5);
-    assert!(r.stderr.contains("next start"), "{}", r.stderr);
+    assert!(r.stderr.contains("next opens"), "{}", r.stderr);
     let st = node.agent(&["status", "--json"]).expect(0).stdout;
     assert!(st.contains("\"next_window\""), "{st}");
     assert_eq!(deb_version(&node.root, "ep-kiosk"), None);

@@ -20,6 +20,7 @@ use crate::format::{hex, Manifest};
 use crate::keys::TrustedKey;
 use crate::kv::Record;
 use crate::pkg::{self, PackageManager};
+use crate::rollback;
 use crate::stage::StagingSink;
 use crate::state::Installed;
 use crate::status::{self, journal_path};
@@ -34,8 +35,13 @@ pub struct Ctx<'a> {
     pub clock: &'a dyn Clock,
 }
 
+/// Now, for freshness and windows: the ratcheted clock.
+pub fn now(ctx: &Ctx) -> u64 {
+    ctx.now()
+}
+
 impl Ctx<'_> {
-    fn state_dir(&self) -> &Path {
+    pub(crate) fn state_dir(&self) -> &Path {
         &self.config.state_dir
     }
 
@@ -43,7 +49,7 @@ impl Ctx<'_> {
         Ratchet::new(self.state_dir()).now(self.clock)
     }
 
-    fn package_manager(&self) -> Result<Box<dyn PackageManager>> {
+    pub(crate) fn package_manager(&self) -> Result<Box<dyn PackageManager>> {
         pkg::select(
             self.config.package_manager,
             &self.config.root,
@@ -60,6 +66,8 @@ pub struct RunInfo {
     pub restored: Option<String>,
     /// When deferred by the rollout policy: the next time this node may start (unix seconds).
     pub next_window: Option<i64>,
+    /// Snapshot taken before install (backend:name).
+    pub snapshot: Option<String>,
 }
 
 /// `edgepatch apply [BUNDLE]`: lock, recover, apply, record the result, rewrite status.json.
@@ -80,6 +88,9 @@ pub fn finish(ctx: &Ctx, command: &str, result: &Result<String>, info: &RunInfo)
     let mut extra = Vec::new();
     if let Some(r) = &info.restored {
         extra.push(("restored", r.clone()));
+    }
+    if let Some(sn) = &info.snapshot {
+        extra.push(("snapshot", sn.clone()));
     }
     if let Some(t) = info.next_window {
         extra.push(("next_window", t.to_string()));
@@ -168,6 +179,24 @@ fn apply(ctx: &Ctx, bundle: Option<&Path>, info: &mut RunInfo) -> Result<String>
             first.manifest.cycle
         ));
     }
+    if rollback::is_refused(sd, &first.manifest.cycle) {
+        return Err(Error::new(
+            Exit::NotApplicable,
+            format!(
+                "cycle {} was rolled back on this node; publish a new cycle",
+                first.manifest.cycle
+            ),
+        ));
+    }
+    if rollback::is_halted(sd, &first.manifest.cycle) {
+        return Err(Error::new(
+            Exit::Deferred,
+            format!(
+                "rollout of cycle {} is halted by a signed order",
+                first.manifest.cycle
+            ),
+        ));
+    }
     if !first.manifest.policy.is_empty() {
         rollout_gate(ctx, &first.manifest, info)?;
     }
@@ -210,9 +239,8 @@ fn apply(ctx: &Ctx, bundle: Option<&Path>, info: &mut RunInfo) -> Result<String>
 /// itself, so it holds for a bundle carried in on a USB stick too.
 fn rollout_gate(ctx: &Ctx, m: &Manifest, info: &mut RunInfo) -> Result<()> {
     use crate::policy::{decide, tz::ZONEINFO_DIR, Decision, Policy};
-    let policy = Policy::from_lines(&m.policy).map_err(|e| {
-        Error::new(Exit::NotApplicable, format!("bundle policy: {e}"))
-    })?;
+    let policy = Policy::from_lines(&m.policy)
+        .map_err(|e| Error::new(Exit::NotApplicable, format!("bundle policy: {e}")))?;
     let tz = policy
         .load_zone(Path::new(ZONEINFO_DIR))
         .map_err(|e| Error::usage(format!("policy time zone: {e}")))?;
@@ -264,7 +292,7 @@ fn encode_versions(v: &[(String, Option<String>)]) -> String {
         .join(",")
 }
 
-fn decode_versions(s: &str) -> Versions {
+pub(crate) fn decode_versions(s: &str) -> Versions {
     s.split(',')
         .filter(|p| !p.is_empty())
         .filter_map(|p| p.split_once('='))
@@ -272,8 +300,9 @@ fn decode_versions(s: &str) -> Versions {
         .collect()
 }
 
-/// Install from the staged repo and commit. `pre` is the journal's record of pre-patch versions
-/// when resuming; None on a fresh run (then they are read now and journaled before anything runs).
+/// Install from the staged repo, health-check and commit. `pre` is the journal's record of
+/// pre-patch versions when resuming; None on a fresh run (then they are read now and journaled
+/// before anything runs).
 fn install_and_commit(
     ctx: &Ctx,
     journal: &mut Record,
@@ -319,44 +348,65 @@ fn install_and_commit(
             targets.push((p.name.clone(), p.version.clone()));
         }
     }
+    let as_versions: Versions = targets
+        .iter()
+        .map(|(n, v)| (n.clone(), Some(v.clone())))
+        .collect();
     journal
-        .set("step", "installing")
         .set("package_manager", pm.name())
         .set("pre", encode_versions(&pre))
-        .set(
-            "targets",
-            encode_versions(
-                &targets
-                    .iter()
-                    .map(|(n, v)| (n.clone(), Some(v.clone())))
-                    .collect::<Vec<_>>(),
-            ),
-        );
+        .set("targets", encode_versions(&as_versions));
+
+    if !targets.is_empty() && !resuming {
+        // Refuse before touching anything when the package manager would not get through.
+        if let Err(m) = pm.simulate(staging, &targets) {
+            let _ = std::fs::remove_dir_all(staging);
+            clear_journal(ctx)?;
+            return Err(fail(format!(
+                "{} refused the install, nothing changed: {m}",
+                pm.name()
+            )));
+        }
+        journal.set("step", "snapshot");
+        save_journal(ctx, journal)?;
+        let id = rollback::take_snapshot(ctx, manifest).map_err(|m| {
+            let _ = std::fs::remove_dir_all(staging);
+            let _ = clear_journal(ctx);
+            fail(format!(
+                "snapshot before install failed, nothing changed: {m}"
+            ))
+        })?;
+        journal.set("snapshot", &id);
+    }
+    info.snapshot = journal.get("snapshot").map(str::to_string);
+    journal.set("step", "installing");
     save_journal(ctx, journal)?;
     crate::testhook::pause_point("installing");
 
     if !targets.is_empty() {
-        if !resuming {
-            // Refuse before touching anything when the package manager would not get through.
-            if let Err(m) = pm.simulate(staging, &targets) {
-                let _ = std::fs::remove_dir_all(staging);
-                clear_journal(ctx)?;
-                return Err(fail(format!(
-                    "{} refused the install, nothing changed: {m}",
-                    pm.name()
-                )));
-            }
-        }
         let done = pm
             .install(staging, &targets)
             .and_then(|_| check_installed(pm.as_ref(), &targets));
         if let Err(m) = done {
-            let restored = restore(ctx, pm.as_ref(), &pre);
+            let restored = rollback::undo(ctx, pm.as_ref(), journal);
             info.restored = Some(restored.clone());
             let _ = std::fs::remove_dir_all(staging);
             clear_journal(ctx)?;
             return Err(fail(format!("install failed: {m}; {restored}")));
         }
+        journal.set("step", "health");
+        save_journal(ctx, journal)?;
+        crate::testhook::pause_point("health");
+        health_or_roll_back(ctx, pm.as_ref(), journal, manifest, staging, info)?;
+    }
+    // What was installed before, so `rollback` can point back at it (kept in the journal so a
+    // commit re-run after a crash still knows).
+    if let Some(prev) = Installed::load(ctx.state_dir())? {
+        journal
+            .set("prev_cycle", &prev.cycle)
+            .set("prev_sequence", prev.sequence)
+            .set("prev_manifest_sha256", hex(&prev.manifest_sha256))
+            .set("prev_applied_at", prev.applied_at);
     }
     journal.set("step", "committing");
     save_journal(ctx, journal)?;
@@ -372,6 +422,30 @@ fn install_and_commit(
         } else {
             ""
         }
+    ))
+}
+
+/// Run the health check; on failure roll back to the snapshot, refuse this cycle, exit 7.
+fn health_or_roll_back(
+    ctx: &Ctx,
+    pm: &dyn PackageManager,
+    journal: &Record,
+    manifest: &Manifest,
+    staging: &Path,
+    info: &mut RunInfo,
+) -> Result<()> {
+    let spec = rollback::health_spec(ctx.config, manifest);
+    let Err(why) = crate::health::check(&spec) else {
+        return Ok(());
+    };
+    let restored = rollback::undo(ctx, pm, journal);
+    info.restored = Some(restored.clone());
+    rollback::refuse_cycle(ctx.state_dir(), &manifest.cycle);
+    let _ = std::fs::remove_dir_all(staging);
+    clear_journal(ctx)?;
+    Err(Error::new(
+        Exit::HealthFailed,
+        format!("{why}; rolled back: {restored}"),
     ))
 }
 
@@ -393,7 +467,11 @@ fn check_installed(
 }
 
 /// Put every package back to its pre-patch version. Returns a one-line account of what was done.
-fn restore(ctx: &Ctx, pm: &dyn PackageManager, pre: &[(String, Option<String>)]) -> String {
+pub(crate) fn restore_packages(
+    ctx: &Ctx,
+    pm: &dyn PackageManager,
+    pre: &[(String, Option<String>)],
+) -> String {
     let names: Vec<String> = pre.iter().map(|(n, _)| n.clone()).collect();
     if let Err(e) = pm.repair() {
         log::warn!("repair before restore: {e}");
@@ -488,6 +566,7 @@ fn commit(ctx: &Ctx, journal: &Record) -> Result<()> {
         std::fs::rename(&staging, &cur).map_err(|e| err(&staging, e))?;
         crate::fsutil::sync_dir(&sd.join("cache")).map_err(|e| err(sd, e))?;
     }
+    rollback::remember_apply(ctx, journal);
     clear_journal(ctx)
 }
 
@@ -501,16 +580,22 @@ pub fn recover(ctx: &Ctx, info: &mut RunInfo) -> Result<()> {
     let step = journal.get("step").unwrap_or("").to_string();
     log::warn!("found an interrupted run (step {step}); resolving it first");
     info.cycle = journal.get("cycle").map(str::to_string);
+    if journal.get("op") == Some("rollback") {
+        let msg = rollback::finish_rollback(ctx, &journal, info)?;
+        log::warn!("{msg}");
+        return Ok(());
+    }
     match step.as_str() {
-        "installing" => {
+        // Killed while installing or health-checking: finish forward (the install is idempotent,
+        // the health check runs again), or undo when that fails.
+        "installing" | "health" => {
             let pm = ctx.package_manager()?;
             if let Err(e) = pm.repair() {
                 log::warn!("repair after interruption: {e}");
             }
             let pre = decode_versions(journal.get("pre").unwrap_or(""));
-            let forward = crate::stage::recheck(&staging).and_then(|m| {
-                install_and_commit(ctx, &mut journal, &staging, &m, Some(pre.clone()), info)
-            });
+            let forward = crate::stage::recheck(&staging)
+                .and_then(|m| install_and_commit(ctx, &mut journal, &staging, &m, Some(pre), info));
             match forward {
                 Ok(msg) => {
                     finish(ctx, "recover", &Ok(msg.clone()), info);
@@ -519,15 +604,17 @@ pub fn recover(ctx: &Ctx, info: &mut RunInfo) -> Result<()> {
                 }
                 Err(e) => {
                     if journal_path(ctx.state_dir()).exists() {
-                        let restored = restore(ctx, pm.as_ref(), &pre);
-                        info.restored = Some(restored);
+                        info.restored = Some(rollback::undo(ctx, pm.as_ref(), &journal));
                         let _ = std::fs::remove_dir_all(&staging);
                         clear_journal(ctx)?;
                     }
-                    let e = Error::new(
-                        Exit::InstallFailed,
-                        format!("interrupted install could not be finished: {}", e.msg),
-                    );
+                    let e = match e.exit {
+                        Exit::HealthFailed => e,
+                        _ => Error::new(
+                            Exit::InstallFailed,
+                            format!("interrupted install could not be finished: {}", e.msg),
+                        ),
+                    };
                     finish(ctx, "recover", &Err(e.clone()), info);
                     Err(e)
                 }
@@ -535,7 +622,7 @@ pub fn recover(ctx: &Ctx, info: &mut RunInfo) -> Result<()> {
         }
         "committing" => commit(ctx, &journal),
         _ => {
-            // Interrupted while staging (or an unknown step): nothing was installed yet.
+            // Interrupted while staging or taking the snapshot: nothing was installed yet.
             if staging.starts_with(ctx.state_dir()) && staging.exists() {
                 let _ = std::fs::remove_dir_all(&staging);
             }

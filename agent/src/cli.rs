@@ -24,6 +24,9 @@ commands:
                   complete bundle in state_dir/incoming) from its local
                   repository only; resumes or undoes an interrupted run
   status [--json] what is installed, the last result, alerts
+  rollback [--order FILE]
+                  undo the last applied bundle (snapshot or packages), or
+                  carry out a signed rollback/halt order from FILE
 
 options:
   --config FILE   agent config (default /etc/edgepatch/agent.conf,
@@ -138,6 +141,18 @@ fn run(args: Args) -> Result<()> {
                 _ => return Err(Error::usage("usage: edgepatch status [--json]")),
             };
             cmd_status(&config, json)
+        }
+        "rollback" => {
+            let order: Option<PathBuf> = match args.rest.as_slice() {
+                [] => None,
+                [flag, f] if flag == "--order" => Some(PathBuf::from(f)),
+                _ => return Err(Error::usage("usage: edgepatch rollback [--order FILE]")),
+            };
+            let trusted = keys::load_trusted(&config.trusted_keys).map_err(Error::usage)?;
+            let clock = crate::clock::from_env();
+            let ctx = Ctx { config: &config, trusted: &trusted, clock: clock.as_ref() };
+            println!("ok: {}", crate::rollback::command(&ctx, order.as_deref())?);
+            Ok(())
         }
         other => Err(Error::usage(format!(
             "unknown command {other:?}; see edgepatch --help"

@@ -118,6 +118,40 @@ impl Cmd {
         Ok(result)
     }
 
+    /// Run with stdout going straight into `out` (binary output of any size, e.g. a tar stream
+    /// from `dpkg-deb --fsys-tarfile`), stderr captured; require exit 0.
+    pub fn run_to_file(&self, out: std::fs::File) -> Result<(), String> {
+        log::info!("run: {} > file", self.display());
+        let mut c = Command::new(&self.program);
+        c.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            c.current_dir(d);
+        }
+        let name = self.program.to_string_lossy();
+        let out = c.output().map_err(|e| format!("cannot run {name}: {e}"))?;
+        let result = Output {
+            status: out.status.code(),
+            stdout: String::new(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if result.ok() {
+            return Ok(());
+        }
+        Err(format!(
+            "{name} exited {}: {}",
+            result
+                .status
+                .map_or("by signal".to_string(), |c| c.to_string()),
+            result.last_line()
+        ))
+    }
+
     /// Run and require exit 0; the error names the program and its last output line.
     pub fn run(&self) -> Result<Output, String> {
         let out = self.output().map_err(|e| e.to_string())?;
@@ -131,6 +165,40 @@ impl Cmd {
                     .map_or("by signal".to_string(), |c| c.to_string()),
                 out.last_line()
             ))
+        }
+    }
+
+    /// Run with a time limit; the process is killed when it runs over. Output is not captured
+    /// (health commands may print a lot); it goes to the agent's stderr.
+    pub fn run_with_timeout(&self, limit: std::time::Duration) -> Result<(), String> {
+        log::info!("run (limit {}s): {}", limit.as_secs(), self.display());
+        let mut c = Command::new(&self.program);
+        c.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        let mut child = c
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.program.to_string_lossy()))?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) if st.success() => return Ok(()),
+                Ok(Some(st)) => return Err(format!("{} exited {st}", self.display())),
+                Ok(None) if std::time::Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "{} still running after {}s; killed",
+                        self.display(),
+                        limit.as_secs()
+                    ));
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                Err(e) => return Err(format!("waiting for {}: {e}", self.display())),
+            }
         }
     }
 }

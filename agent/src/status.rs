@@ -122,6 +122,7 @@ impl Status {
                 .num("sequence", j.num("sequence").unwrap_or(0))
                 .str("bundle", j.get("bundle").unwrap_or("-"))
                 .str("staging_dir", j.get("staging").unwrap_or("-"))
+                .opt_str("snapshot", j.get("snapshot"))
                 .finish()
         });
         Object::new()

@@ -4,6 +4,7 @@ mod build;
 mod center;
 mod inspect;
 mod keygen;
+mod order;
 mod policy;
 mod repo;
 mod verify;
@@ -49,6 +50,8 @@ enum Command {
     Ingest(center::IngestArgs),
     /// Print the fleet summary (per cycle: done, deferred, failed, ..., silent)
     Fleet(center::FleetArgs),
+    /// Write a signed rollback or halt order for one cycle
+    Order(order::OrderArgs),
     /// Rollout policies (PatchPolicy YAML): check one, alone or against its bundle
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -65,6 +68,7 @@ fn main() {
         Command::Ingest(args) => center::ingest(&args),
         Command::Fleet(args) => center::fleet(&args),
         Command::Policy(cmd) => policy::run(&cmd),
+        Command::Order(args) => order::run(&args),
     };
     if let Err(e) = result {
         // Errors from the agent library carry the shared exit code; everything else is usage (1).

@@ -1,0 +1,58 @@
+//! `order`: a signed rollback or halt order for one cycle of one variant. It travels like
+//! everything else (mirror index, USB stick) and is checked by the agent against its trusted
+//! keys; an unsigned HTTP call can never roll a fleet back.
+
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct OrderArgs {
+    /// Secret key file (from keygen)
+    #[arg(long)]
+    pub key: PathBuf,
+    /// rollback: nodes with the cycle installed roll back, all refuse it; halt: nodes that have
+    /// not started it wait
+    #[arg(long, value_parser = ["rollback", "halt"])]
+    pub kind: String,
+    #[arg(long)]
+    pub variant: String,
+    #[arg(long)]
+    pub cycle: String,
+    /// How long nodes accept the order: a number with s, m, h or d
+    #[arg(long, default_value = "14d", value_parser = crate::build::parse_duration)]
+    pub expires_in: u64,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(args: &OrderArgs) -> Result<()> {
+    for (what, v) in [("variant", &args.variant), ("cycle", &args.cycle)] {
+        anyhow::ensure!(
+            !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()),
+            "{what} {v:?} must be printable with no spaces"
+        );
+    }
+    let key_text = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("key {}", args.key.display()))?;
+    let sk = edgepatch::keys::parse_secret(&key_text, &args.key.display().to_string())
+        .map_err(anyhow::Error::msg)?;
+    let issued = edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock);
+    let body = format!(
+        "edgepatch-order 1\nkind {}\nvariant {}\ncycle {}\nissued {issued}\nexpires {}\n",
+        args.kind,
+        args.variant,
+        args.cycle,
+        issued + args.expires_in
+    );
+    let doc = edgepatch::signed::seal(&body, &[&sk]);
+    edgepatch::fsutil::write_atomic(&args.out, doc.as_bytes(), false)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "{} order for {} cycle {} written to {}",
+        args.kind,
+        args.variant,
+        args.cycle,
+        args.out.display()
+    );
+    Ok(())
+}
