@@ -33,7 +33,10 @@ impl Clock for FixedClock {
 /// The clock commands use: the system clock, or a fixed time from `EDGEPATCH_TEST_NOW` (unix
 /// seconds) for tests of windows and expiry. It cannot relax expiry: the ratchet still applies.
 pub fn from_env() -> Box<dyn Clock> {
-    match std::env::var("EDGEPATCH_TEST_NOW").ok().and_then(|v| v.parse().ok()) {
+    match std::env::var("EDGEPATCH_TEST_NOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         Some(t) => {
             log::warn!("EDGEPATCH_TEST_NOW set: using fixed time {t}");
             Box::new(FixedClock(t))

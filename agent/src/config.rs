@@ -242,7 +242,8 @@ impl Config {
         let mut health_command = None;
         let mut health_timeout = 120;
         for (line, key, value) in lines {
-            let checked = |r: std::result::Result<(), String>| r.map_err(|m| at(line, format!("{key}: {m}")));
+            let checked =
+                |r: std::result::Result<(), String>| r.map_err(|m| at(line, format!("{key}: {m}")));
             // Numbers may be written bare (`splay = 600`) or as strings with units (`"10m"`).
             let text_or_int = |v: &Value| match v {
                 Value::Int(i) if *i >= 0 => Ok(i.to_string()),
@@ -296,24 +297,39 @@ impl Config {
                 "health_command" => health_command = Some(want_str(&value)?),
                 "metrics_file" => metrics_file = Some(PathBuf::from(want_str(&value)?)),
                 "bwlimit" => {
-                    bwlimit = Some(parse_size(&text_or_int(&value)?).map_err(|m| at(line, format!("bwlimit: {m}")))?)
+                    bwlimit = Some(
+                        parse_size(&text_or_int(&value)?)
+                            .map_err(|m| at(line, format!("bwlimit: {m}")))?,
+                    )
                 }
-                "splay" => splay = parse_duration(&text_or_int(&value)?).map_err(|m| at(line, format!("splay: {m}")))?,
+                "splay" => {
+                    splay = parse_duration(&text_or_int(&value)?)
+                        .map_err(|m| at(line, format!("splay: {m}")))?
+                }
                 "health_timeout" => {
                     health_timeout = parse_duration(&text_or_int(&value)?)
                         .ok()
                         .filter(|t| (1..=3600).contains(t))
-                        .ok_or_else(|| at(line, "health_timeout must be 1 to 3600 seconds".into()))?
+                        .ok_or_else(|| {
+                            at(line, "health_timeout must be 1 to 3600 seconds".into())
+                        })?
                 }
                 "snapshot_keep" => {
                     snapshot_keep = match value {
                         Value::Int(n) if (1..=100).contains(&n) => n as u64,
-                        _ => return Err(at(line, "snapshot_keep must be a number from 1 to 100".into())),
+                        _ => {
+                            return Err(at(
+                                line,
+                                "snapshot_keep must be a number from 1 to 100".into(),
+                            ))
+                        }
                     }
                 }
                 "snapshot" => {
                     let v = want_str(&value)?;
-                    if !["auto", "btrfs", "lvm-thin", "timeshift", "packages", "none"].contains(&v.as_str()) {
+                    if !["auto", "btrfs", "lvm-thin", "timeshift", "packages", "none"]
+                        .contains(&v.as_str())
+                    {
                         return Err(at(line, format!("snapshot {v:?}: use auto, btrfs, lvm-thin, timeshift, packages or none")));
                     }
                     snapshot = v;
@@ -325,7 +341,10 @@ impl Config {
                 }
                 "import_paths" => {
                     let Value::List(items) = value else {
-                        return Err(at(line, "import_paths must be a list like [\"/media/usb\"]".into()));
+                        return Err(at(
+                            line,
+                            "import_paths must be a list like [\"/media/usb\"]".into(),
+                        ));
                     };
                     import_paths = items.into_iter().map(PathBuf::from).collect();
                 }
@@ -433,9 +452,15 @@ health_timeout = 60
         assert_eq!(c.package_manager, PackageManagerChoice::Apt);
         assert_eq!(c.bwlimit, Some(2 << 20));
         assert_eq!(c.splay, 600);
-        assert_eq!(c.mirror.as_deref(), Some("http://mirror.example.invalid/edgepatch"));
+        assert_eq!(
+            c.mirror.as_deref(),
+            Some("http://mirror.example.invalid/edgepatch")
+        );
         assert_eq!(c.import_paths.len(), 2);
-        assert_eq!((c.snapshot.as_str(), c.snapshot_keep, c.health_timeout), ("packages", 3, 60));
+        assert_eq!(
+            (c.snapshot.as_str(), c.snapshot_keep, c.health_timeout),
+            ("packages", 3, 60)
+        );
     }
 
     #[test]

@@ -98,6 +98,9 @@ mod tests {
             .bool("b", true)
             .raw("l", &array([string("p"), string("q")]))
             .finish();
-        assert_eq!(o, r#"{"a":"x\"y\n\u0001","n":5,"none":null,"b":true,"l":["p","q"]}"#);
+        assert_eq!(
+            o,
+            r#"{"a":"x\"y\n\u0001","n":5,"none":null,"b":true,"l":["p","q"]}"#
+        );
     }
 }

@@ -35,9 +35,17 @@ pub fn seal(body: &str, keys: &[&ed25519_compact::SecretKey]) -> String {
 }
 
 /// Check a document's signatures and type line; returns the body's records (type line excluded).
-pub fn open(doc: &[u8], doc_type: &str, trusted: &[TrustedKey], threshold: usize) -> Result<Record, String> {
+pub fn open(
+    doc: &[u8],
+    doc_type: &str,
+    trusted: &[TrustedKey],
+    threshold: usize,
+) -> Result<Record, String> {
     if doc.len() > MAX_DOC {
-        return Err(format!("{doc_type} document is {} bytes, limit {MAX_DOC}", doc.len()));
+        return Err(format!(
+            "{doc_type} document is {} bytes, limit {MAX_DOC}",
+            doc.len()
+        ));
     }
     let text = std::str::from_utf8(doc).map_err(|_| format!("{doc_type} document is not UTF-8"))?;
     let at = text
@@ -51,14 +59,18 @@ pub fn open(doc: &[u8], doc_type: &str, trusted: &[TrustedKey], threshold: usize
             (Some("sig"), Some(id), Some(sig), None) => parse_hex(id).zip(parse_hex(sig)),
             _ => None,
         };
-        let (key_id, bytes) = parsed.ok_or_else(|| format!("{doc_type}: bad signature line {line:?}"))?;
+        let (key_id, bytes) =
+            parsed.ok_or_else(|| format!("{doc_type}: bad signature line {line:?}"))?;
         signatures.push(Signature { key_id, bytes });
     }
-    check_signatures(body.as_bytes(), &signatures, trusted, threshold).map_err(|e| format!("{doc_type}: {e}"))?;
+    check_signatures(body.as_bytes(), &signatures, trusted, threshold)
+        .map_err(|e| format!("{doc_type}: {e}"))?;
     let mut lines = body.splitn(2, '\n');
     let first = lines.next().unwrap_or("");
     if first != format!("{doc_type} 1") {
-        return Err(format!("expected a {doc_type} version 1 document, found {first:?}"));
+        return Err(format!(
+            "expected a {doc_type} version 1 document, found {first:?}"
+        ));
     }
     Ok(Record::parse(lines.next().unwrap_or("")))
 }
@@ -70,7 +82,8 @@ mod tests {
     #[test]
     fn seal_open_and_tamper() {
         let kp = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([9; 32]));
-        let trusted = vec![crate::keys::parse_public(&crate::keys::public_text(&kp.pk), "t").unwrap()];
+        let trusted =
+            vec![crate::keys::parse_public(&crate::keys::public_text(&kp.pk), "t").unwrap()];
         let doc = seal("edgepatch-order 1\nkind rollback\ncycle c1\n", &[&kp.sk]);
         let r = open(doc.as_bytes(), "edgepatch-order", &trusted, 1).unwrap();
         assert_eq!(r.get("kind"), Some("rollback"));
