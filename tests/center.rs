@@ -7,7 +7,7 @@
 //! `EDGEPATCH_UPDATE_DOCS=1` also copies the dashboard screenshot to docs/dashboard.png.
 
 use edgepatch::report::{self, Report};
-use edgepatch_e2e::{builder_bin, Scratch};
+use edgepatch_e2e::{build_bundle, builder_bin, deb_root, keygen, Deb, Node, Scratch};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -758,4 +758,66 @@ fn dashboard_in_headless_chromium() {
         std::fs::create_dir_all(&docs).unwrap();
         std::fs::copy(&png, docs.join("dashboard.png")).unwrap();
     }
+}
+
+/// The real agent reports every `apply` outcome on its own: delivered at once when the center is
+/// up, spooled when it is down and delivered by `edgepatch report` later.
+#[test]
+fn agent_apply_outcomes_reach_the_center() {
+    let dir = Scratch::new("center-agent");
+    let db = dir.join("center.db");
+    let (key, public) = keygen(&dir.join("keys"));
+    let pkgs = dir.join("pkgs");
+    Deb::new("ep-report", "1.0").build(&pkgs);
+    let bundle = dir.join("c1.epb");
+    build_bundle(
+        &key,
+        "debian-12-amd64",
+        "rep-c1",
+        1,
+        &bundle,
+        &[&pkgs],
+        &["--install", "ep-report"],
+    );
+
+    // Center down: port 9 on loopback refuses connections.
+    let node = Node::new(
+        &dir.join("n"),
+        "debian-12-amd64",
+        &public,
+        "package_manager = \"apt\"\nreport_url = \"http://127.0.0.1:9/api/v1/reports\"\n",
+    );
+    deb_root(&node.root);
+    node.agent(&["apply", bundle.to_str().unwrap()]).expect(0);
+    node.agent(&["apply", "/nonexistent.epb"]).expect(5);
+    let spooled = std::fs::read_dir(node.state_dir.join("spool"))
+        .unwrap()
+        .count();
+    assert_eq!(spooled, 2, "both outcomes spooled while the center is down");
+
+    let server = Server::start(&db, &[]);
+    let conf = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        conf.replace("127.0.0.1:9", &server.addr.to_string()),
+    )
+    .unwrap();
+    let r = node.agent(&["report"]).expect(0);
+    assert!(r.stdout.contains("delivered 2"), "{}", r.stdout);
+    // The next outcome goes out immediately.
+    node.agent(&["apply", bundle.to_str().unwrap()]).expect(0);
+    assert_eq!(
+        std::fs::read_dir(node.state_dir.join("spool"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    let nodes = http(server.addr, "GET", "/api/v1/nodes", &[], b"");
+    assert_eq!(nodes.status, 200);
+    assert!(
+        nodes.body.contains("test-node") && nodes.body.contains("rep-c1"),
+        "{}",
+        nodes.body
+    );
 }

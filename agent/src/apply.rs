@@ -68,6 +68,14 @@ pub struct RunInfo {
     pub next_window: Option<i64>,
     /// Snapshot taken before install (backend:name).
     pub snapshot: Option<String>,
+    /// Milliseconds per step (stage, install, health), for reports.
+    pub timings: Vec<(String, u64)>,
+}
+
+impl RunInfo {
+    fn time(&mut self, step: &str, since: std::time::Instant) {
+        self.timings.push((step.to_string(), since.elapsed().as_millis() as u64));
+    }
 }
 
 /// `edgepatch apply [BUNDLE]`: lock, recover, apply, record the result, rewrite status.json.
@@ -108,6 +116,48 @@ pub fn finish(ctx: &Ctx, command: &str, result: &Result<String>, info: &RunInfo)
         log::warn!("cannot record result in {}: {e}", sd.display());
     }
     status::write(ctx.config);
+    report_outcome(ctx, command, exit, reason, info);
+}
+
+/// Every outcome reaches the center: spooled first (survives weeks offline), then delivered if
+/// `report_url` is set, and mirrored into the Prometheus textfile if `metrics_file` is set.
+fn report_outcome(ctx: &Ctx, command: &str, exit: Exit, reason: &str, info: &RunInfo) {
+    use crate::report;
+    let sd = ctx.state_dir();
+    let installed = Installed::load(sd).ok().flatten();
+    let r = report::Report {
+        id: report::new_id(&ctx.config.node_id),
+        node_id: ctx.config.node_id.clone(),
+        variant: ctx.config.variant.clone(),
+        labels: ctx.config.labels.clone(),
+        command: command.to_string(),
+        cycle: info.cycle.clone(),
+        sequence: info.sequence,
+        exit_code: exit.code(),
+        result: exit.word().to_string(),
+        reason: reason.to_string(),
+        timings_ms: info.timings.clone(),
+        snapshot_id: info.snapshot.clone(),
+        installed_cycle: installed.as_ref().map(|i| i.cycle.clone()),
+        installed_sequence: installed.as_ref().map(|i| i.sequence),
+        agent_version: crate::VERSION.to_string(),
+        time: crate::clock::Clock::now(ctx.clock),
+        trusted_time: Ratchet::new(sd).floor(),
+    };
+    if let Err(e) = report::spool(sd, &r) {
+        log::warn!("cannot spool report in {}: {e}", sd.display());
+    }
+    if let Some(path) = &ctx.config.metrics_file {
+        if let Err(e) = report::write_metrics(path, &r) {
+            log::warn!("cannot write metrics {}: {e}", path.display());
+        }
+    }
+    if let Some(url) = &ctx.config.report_url {
+        match report::flush(sd, url, std::time::Duration::from_secs(10)) {
+            Ok(st) => log::info!("reports delivered {}, spooled {}", st.delivered, st.remaining),
+            Err(e) => log::warn!("report delivery: {e}"),
+        }
+    }
 }
 
 fn save_journal(ctx: &Ctx, j: &Record) -> Result<()> {
@@ -213,6 +263,7 @@ fn apply(ctx: &Ctx, bundle: Option<&Path>, info: &mut RunInfo) -> Result<String>
         .set("started", ctx.now());
     save_journal(ctx, &journal)?;
 
+    let t_stage = std::time::Instant::now();
     let verified = stage(
         ctx,
         &bundle,
@@ -230,6 +281,7 @@ fn apply(ctx: &Ctx, bundle: Option<&Path>, info: &mut RunInfo) -> Result<String>
             e
         }
     })?;
+    info.time("verify_stage", t_stage);
     journal.set("manifest_sha256", hex(&verified.manifest_sha256));
     crate::testhook::pause_point("staged");
     install_and_commit(ctx, &mut journal, &staging, &verified.manifest, None, info)
@@ -384,9 +436,11 @@ fn install_and_commit(
     crate::testhook::pause_point("installing");
 
     if !targets.is_empty() {
+        let t_install = std::time::Instant::now();
         let done = pm
             .install(staging, &targets)
             .and_then(|_| check_installed(pm.as_ref(), &targets));
+        info.time("install", t_install);
         if let Err(m) = done {
             let restored = rollback::undo(ctx, pm.as_ref(), journal);
             info.restored = Some(restored.clone());
@@ -397,7 +451,10 @@ fn install_and_commit(
         journal.set("step", "health");
         save_journal(ctx, journal)?;
         crate::testhook::pause_point("health");
-        health_or_roll_back(ctx, pm.as_ref(), journal, manifest, staging, info)?;
+        let t_health = std::time::Instant::now();
+        let healthy = health_or_roll_back(ctx, pm.as_ref(), journal, manifest, staging, info);
+        info.time("health", t_health);
+        healthy?;
     }
     // What was installed before, so `rollback` can point back at it (kept in the journal so a
     // commit re-run after a crash still knows).

@@ -24,6 +24,10 @@ commands:
                   complete bundle in state_dir/incoming) from its local
                   repository only; resumes or undoes an interrupted run
   status [--json] what is installed, the last result, alerts
+  report          deliver spooled reports to report_url now
+  export-status DIR
+                  write spooled reports + status, signed by this node's
+                  key, to DIR (a USB stick) for `edgepatch-builder ingest`
   rollback [--order FILE]
                   undo the last applied bundle (snapshot or packages), or
                   carry out a signed rollback/halt order from FILE
@@ -141,6 +145,23 @@ fn run(args: Args) -> Result<()> {
                 _ => return Err(Error::usage("usage: edgepatch status [--json]")),
             };
             cmd_status(&config, json)
+        }
+        "report" => {
+            let url = config.report_url.as_deref().ok_or_else(|| {
+                Error::usage("report_url is not set in the config; use export-status DIR")
+            })?;
+            let timeout = std::time::Duration::from_secs(30);
+            let st = crate::report::flush(&config.state_dir, url, timeout)
+                .map_err(|m| Error::new(Exit::Deferred, m))?;
+            println!("ok: delivered {}, rejected {}, still spooled {}", st.delivered, st.rejected, st.remaining);
+            Ok(())
+        }
+        "export-status" => {
+            let [dir] = one_path(&args.rest, "export-status DIR")?;
+            let out = crate::report::export_status(&config.state_dir, &dir)
+                .map_err(|m| Error::usage(format!("export to {}: {m}", dir.display())))?;
+            println!("ok: exported to {}", out.display());
+            Ok(())
         }
         "rollback" => {
             let order: Option<PathBuf> = match args.rest.as_slice() {
