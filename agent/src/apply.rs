@@ -247,8 +247,9 @@ fn apply(ctx: &Ctx, bundle: Option<&Path>, info: &mut RunInfo) -> Result<String>
             ),
         ));
     }
-    if !first.manifest.policy.is_empty() {
-        rollout_gate(ctx, &first.manifest, info)?;
+    let policy = reissued_policy(ctx, &first).unwrap_or_else(|| first.manifest.policy.clone());
+    if !policy.is_empty() {
+        rollout_gate(ctx, &first.manifest, &policy, info)?;
     }
 
     let staging = sd.join("staging").join(first.manifest.sequence.to_string());
@@ -287,11 +288,58 @@ fn apply(ctx: &Ctx, bundle: Option<&Path>, info: &mut RunInfo) -> Result<String>
     install_and_commit(ctx, &mut journal, &staging, &verified.manifest, None, info)
 }
 
+/// The newest valid re-issued policy for this exact bundle (`incoming/*.policy`, signed
+/// `edgepatch-policy` documents from `edgepatch-builder policy issue`), if any. Invalid ones are
+/// logged and ignored: they can only fail to change the sealed policy, never weaken trust.
+fn reissued_policy(ctx: &Ctx, bundle: &verify::Verified) -> Option<Vec<(String, String)>> {
+    let dir = store::incoming_dir(ctx.state_dir());
+    let mut best: Option<(u64, Vec<(String, String)>)> = None;
+    for path in std::fs::read_dir(&dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.extension().is_none_or(|x| x != "policy") {
+            continue;
+        }
+        let doc = match std::fs::metadata(&path) {
+            Ok(m) if m.len() <= crate::signed::MAX_DOC as u64 => std::fs::read(&path).ok()?,
+            _ => continue,
+        };
+        let rec = match crate::signed::open(&doc, "edgepatch-policy", ctx.trusted, 1) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("ignoring {}: {e}", path.display());
+                continue;
+            }
+        };
+        let for_this = rec.get("variant") == Some(ctx.config.variant.as_str())
+            && rec.get("cycle") == Some(bundle.manifest.cycle.as_str())
+            && rec.get("manifest_sha256") == Some(hex(&bundle.manifest_sha256).as_str());
+        let issued = rec.num("issued").unwrap_or(0);
+        if for_this && best.as_ref().is_none_or(|(t, _)| issued > *t) {
+            let lines = rec
+                .fields
+                .iter()
+                .filter(|(k, _)| k == "policy")
+                .filter_map(|(_, v)| v.split_once(' '))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            best = Some((issued, lines));
+        }
+    }
+    best.map(|(t, lines)| {
+        log::info!("using the policy re-issued at {t} for cycle {}", bundle.manifest.cycle);
+        lines
+    })
+}
+
 /// The bundle's signed rollout policy: labels, maintenance window, wave. Checked on the node
 /// itself, so it holds for a bundle carried in on a USB stick too.
-fn rollout_gate(ctx: &Ctx, m: &Manifest, info: &mut RunInfo) -> Result<()> {
+fn rollout_gate(
+    ctx: &Ctx,
+    m: &Manifest,
+    lines: &[(String, String)],
+    info: &mut RunInfo,
+) -> Result<()> {
     use crate::policy::{decide, tz::ZONEINFO_DIR, Decision, Policy};
-    let policy = Policy::from_lines(&m.policy)
+    let policy = Policy::from_lines(lines)
         .map_err(|e| Error::new(Exit::NotApplicable, format!("bundle policy: {e}")))?;
     let tz = policy
         .load_zone(Path::new(ZONEINFO_DIR))

@@ -48,6 +48,18 @@ pub enum PolicyCommand {
         #[arg(long, default_value = tz::ZONEINFO_DIR, hide = true)]
         zoneinfo: PathBuf,
     },
+    /// Re-issue a policy for an existing bundle (widen a window, change waves) as a small signed
+    /// file, without rebuilding the bundle; nodes take the newest valid one for that bundle
+    Issue {
+        file: PathBuf,
+        /// The bundle the policy is for; bundleRef must pin its cycle and sha256
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 const API_VERSION: &str = "patchmgmt.io/v1";
@@ -359,7 +371,45 @@ pub fn run(cmd: &PolicyCommand) -> Result<()> {
             bundle,
             zoneinfo,
         } => check(file, bundle.as_deref(), zoneinfo),
+        PolicyCommand::Issue {
+            file,
+            bundle,
+            key,
+            out,
+        } => issue(file, bundle, key, out),
     }
+}
+
+/// A signed `edgepatch-policy` document: the compact policy lines plus the bundle's variant,
+/// cycle and manifest sha256 (what the node can check without re-reading the whole bundle; the
+/// whole-file sha256 was checked here, against bundleRef.checksum) and the issue time.
+fn issue(file: &Path, bundle: &Path, key: &Path, out: &Path) -> Result<()> {
+    let mut p = load_policy_yaml(file)?;
+    check_bundle(file, &p, bundle)?;
+    let key_text = std::fs::read_to_string(key).with_context(|| format!("key {}", key.display()))?;
+    let sk = edgepatch::keys::parse_secret(&key_text, &key.display().to_string())
+        .map_err(anyhow::Error::msg)?;
+    let mut r = edgepatch::cli::open_bundle(bundle)?;
+    let head = format::read_head(&mut r).map_err(Error::from)?;
+    let m = Manifest::parse(&head.manifest_bytes).map_err(Error::from)?;
+    let issued = edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock);
+    if p.batch_size.is_some() && p.rollout_start.is_none() {
+        p.rollout_start = Some(issued as i64);
+    }
+    let mut body = format!(
+        "edgepatch-policy 1\nvariant {}\ncycle {}\nmanifest_sha256 {}\nissued {issued}\n",
+        m.variant,
+        m.cycle,
+        hex(&head.manifest_sha256())
+    );
+    for (k, v) in p.to_lines() {
+        body += &format!("policy {k} {v}\n");
+    }
+    let doc = edgepatch::signed::seal(&body, &[&sk]);
+    edgepatch::fsutil::write_atomic(out, doc.as_bytes(), false)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("policy for {} cycle {} issued to {}", m.variant, m.cycle, out.display());
+    Ok(())
 }
 
 fn check(file: &Path, bundle: Option<&Path>, zoneinfo: &Path) -> Result<()> {
