@@ -821,3 +821,57 @@ fn agent_apply_outcomes_reach_the_center() {
         nodes.body
     );
 }
+
+/// When the failed + rolled-back share of a cycle's finished nodes reaches the policy's
+/// threshold, `fleet --halt-over` writes a signed halt order for that cycle and variant.
+#[test]
+fn failure_threshold_issues_a_signed_halt_order() {
+    let s = Scratch::new("center-halt");
+    let db = s.join("center.db");
+    let srv = Server::start(&db, &[]);
+    let url = srv.url("/api/v1/reports");
+    let t = now();
+    for i in 0..10 {
+        let node = format!("kiosk-{i:02}");
+        let code = if i < 3 { 6 } else { 0 };
+        let sd = s.join(format!("node-{i}"));
+        report::spool(&sd, &rep(&node, Some("2025-w20"), "apply", code, t)).unwrap();
+        report::flush(&sd, &url, Duration::from_secs(10)).unwrap();
+    }
+    let (key, public) = keygen(&s.join("keys"));
+    let orders = s.join("orders");
+    let fleet = |percent: &str| {
+        Command::new(ensure_builder())
+            .args(["fleet", "--db"])
+            .arg(&db)
+            .args([
+                "--halt-over",
+                percent,
+                "--halt-min-finished",
+                "5",
+                "--halt-key",
+            ])
+            .arg(&key)
+            .arg("--orders-dir")
+            .arg(&orders)
+            .output()
+            .unwrap()
+    };
+    // 3 of 10 failed = 30%: a 50% threshold does nothing, 25% halts.
+    assert!(fleet("50").status.success());
+    assert!(!orders.join("halt-debian-12-amd64-2025-w20.order").exists());
+    let out = fleet("25");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("HALT debian-12-amd64 2025-w20"));
+    let order = std::fs::read(orders.join("halt-debian-12-amd64-2025-w20.order")).unwrap();
+    let trusted = edgepatch::keys::load_trusted(&public).unwrap();
+    let rec = edgepatch::signed::open(&order, "edgepatch-order", &trusted, 1).unwrap();
+    assert_eq!(
+        (rec.get("kind"), rec.get("cycle")),
+        (Some("halt"), Some("2025-w20"))
+    );
+}

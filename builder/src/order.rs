@@ -26,27 +26,18 @@ pub struct OrderArgs {
 }
 
 pub fn run(args: &OrderArgs) -> Result<()> {
-    for (what, v) in [("variant", &args.variant), ("cycle", &args.cycle)] {
-        anyhow::ensure!(
-            !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()),
-            "{what} {v:?} must be printable with no spaces"
-        );
-    }
     let key_text = std::fs::read_to_string(&args.key)
         .with_context(|| format!("key {}", args.key.display()))?;
     let sk = edgepatch::keys::parse_secret(&key_text, &args.key.display().to_string())
         .map_err(anyhow::Error::msg)?;
-    let issued = edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock);
-    let body = format!(
-        "edgepatch-order 1\nkind {}\nvariant {}\ncycle {}\nissued {issued}\nexpires {}\n",
-        args.kind,
-        args.variant,
-        args.cycle,
-        issued + args.expires_in
-    );
-    let doc = edgepatch::signed::seal(&body, &[&sk]);
-    edgepatch::fsutil::write_atomic(&args.out, doc.as_bytes(), false)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    write_order(
+        &sk,
+        &args.kind,
+        &args.variant,
+        &args.cycle,
+        args.expires_in,
+        &args.out,
+    )?;
     println!(
         "{} order for {} cycle {} written to {}",
         args.kind,
@@ -55,4 +46,29 @@ pub fn run(args: &OrderArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Sign and write one order (also used by the center's automatic halt).
+pub fn write_order(
+    sk: &ed25519_compact::SecretKey,
+    kind: &str,
+    variant: &str,
+    cycle: &str,
+    expires_in: u64,
+    out: &std::path::Path,
+) -> Result<()> {
+    for (what, v) in [("variant", variant), ("cycle", cycle)] {
+        anyhow::ensure!(
+            !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()),
+            "{what} {v:?} must be printable with no spaces"
+        );
+    }
+    let issued = edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock);
+    let body = format!(
+        "edgepatch-order 1\nkind {kind}\nvariant {variant}\ncycle {cycle}\nissued {issued}\nexpires {}\n",
+        issued + expires_in
+    );
+    let doc = edgepatch::signed::seal(&body, &[sk]);
+    edgepatch::fsutil::write_atomic(out, doc.as_bytes(), false)
+        .with_context(|| format!("writing {}", out.display()))
 }

@@ -9,6 +9,7 @@
 
 pub mod dashboard;
 pub mod db;
+mod halt;
 pub mod http;
 pub mod ingest;
 pub mod model;
@@ -54,6 +55,19 @@ pub struct FleetArgs {
     /// Forget the key pinned for NODE (after a reinstall); its next report pins a new one
     #[arg(long, value_name = "NODE")]
     pub unpin: Option<String>,
+    /// Write a signed halt order for any cycle whose failed + rolled-back share of finished
+    /// nodes reaches PERCENT (the policy's haltFailurePercent); needs --halt-key, --orders-dir
+    #[arg(long, value_name = "PERCENT", requires_all = ["halt_key", "orders_dir"])]
+    pub halt_over: Option<u64>,
+    /// Decide only once this many nodes finished a cycle
+    #[arg(long, default_value_t = 20)]
+    pub halt_min_finished: u64,
+    /// Release key that signs halt orders
+    #[arg(long)]
+    pub halt_key: Option<PathBuf>,
+    /// Where halt orders are written (publish them with the mirror)
+    #[arg(long)]
+    pub orders_dir: Option<PathBuf>,
 }
 
 fn silent_secs(hours: u64) -> i64 {
@@ -92,6 +106,20 @@ pub fn fleet(a: &FleetArgs) -> anyhow::Result<()> {
     let view = dashboard::View::default();
     let page = dashboard::load(&conn, &view, silent_secs(a.silent_hours))?;
     print!("{}", summary_text(&page));
+    if let (Some(percent), Some(key), Some(dir)) = (a.halt_over, &a.halt_key, &a.orders_dir) {
+        anyhow::ensure!((1..=100).contains(&percent), "--halt-over must be 1 to 100");
+        let text = std::fs::read_to_string(key)
+            .map_err(|e| anyhow::anyhow!("halt key {}: {e}", key.display()))?;
+        let sk = edgepatch::keys::parse_secret(&text, &key.display().to_string())
+            .map_err(anyhow::Error::msg)?;
+        let rule = halt::HaltRule {
+            percent,
+            min_finished: a.halt_min_finished,
+            key: &sk,
+            orders_dir: dir,
+        };
+        halt::apply_rule(&conn, &rule)?;
+    }
     Ok(())
 }
 
