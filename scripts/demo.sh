@@ -79,7 +79,8 @@ step "node: replaying the older, validly signed bundle is refused (exit 4)"
 try "$A" --config agent.conf apply c1.epb
 
 step "node: a tampered bundle is refused (exit 2) and quarantined"
-cp c2.epb bad.epb && printf 'X' | dd of=bad.epb bs=1 seek=$(($(stat -c %s bad.epb) - 50)) conv=notrunc 2>/dev/null
+show "$B" build --key keys/edgepatch.key --variant debian-12-amd64 --cycle 20261208-build-3 --sequence 3 --out bad.epb cycle-2
+printf 'X' | dd of=bad.epb bs=1 seek=$(($(stat -c %s bad.epb) - 50)) conv=notrunc 2>/dev/null
 try "$A" --config agent.conf apply bad.epb
 show ls state/quarantine
 

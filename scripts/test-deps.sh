@@ -23,6 +23,9 @@ APT_PACKAGES=(
     chromium              # center UI browser tests
     chromium-driver
     sqlite3
+    gcc                   # TLS agent only: ring's C for x86_64 musl (cross/build.sh sets CC)
+    libc6-dev-arm64-cross # TLS agent only: C headers for the aarch64/armv7 cross compilers
+    libc6-dev-armhf-cross
 )
 
 RUST_TARGETS=(

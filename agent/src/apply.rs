@@ -74,7 +74,8 @@ pub struct RunInfo {
 
 impl RunInfo {
     fn time(&mut self, step: &str, since: std::time::Instant) {
-        self.timings.push((step.to_string(), since.elapsed().as_millis() as u64));
+        self.timings
+            .push((step.to_string(), since.elapsed().as_millis() as u64));
     }
 }
 
@@ -154,7 +155,11 @@ fn report_outcome(ctx: &Ctx, command: &str, exit: Exit, reason: &str, info: &Run
     }
     if let Some(url) = &ctx.config.report_url {
         match report::flush(sd, url, std::time::Duration::from_secs(10)) {
-            Ok(st) => log::info!("reports delivered {}, spooled {}", st.delivered, st.remaining),
+            Ok(st) => log::info!(
+                "reports delivered {}, spooled {}",
+                st.delivered,
+                st.remaining
+            ),
             Err(e) => log::warn!("report delivery: {e}"),
         }
     }
@@ -294,7 +299,10 @@ fn apply(ctx: &Ctx, bundle: Option<&Path>, info: &mut RunInfo) -> Result<String>
 fn reissued_policy(ctx: &Ctx, bundle: &verify::Verified) -> Option<Vec<(String, String)>> {
     let dir = store::incoming_dir(ctx.state_dir());
     let mut best: Option<(u64, Vec<(String, String)>)> = None;
-    for path in std::fs::read_dir(&dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())) {
+    for path in std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+    {
         if path.extension().is_none_or(|x| x != "policy") {
             continue;
         }
@@ -325,7 +333,10 @@ fn reissued_policy(ctx: &Ctx, bundle: &verify::Verified) -> Option<Vec<(String, 
         }
     }
     best.map(|(t, lines)| {
-        log::info!("using the policy re-issued at {t} for cycle {}", bundle.manifest.cycle);
+        log::info!(
+            "using the policy re-issued at {t} for cycle {}",
+            bundle.manifest.cycle
+        );
         lines
     })
 }

@@ -6,7 +6,6 @@ use crate::clock::Ratchet;
 use crate::config::{Config, DEFAULT_PATH};
 use crate::error::{Error, Exit, Result, EXIT_TABLE};
 use crate::format::hex;
-use crate::keys;
 use crate::state::Installed;
 use crate::verify::{self, Discard, NodeFacts};
 use std::ffi::OsString;
@@ -24,6 +23,8 @@ commands:
                   complete bundle in state_dir/incoming) from its local
                   repository only; resumes or undoes an interrupted run
   status [--json] what is installed, the last result, alerts
+  packages        print root's dpkg status file (a baseline for
+                  edgepatch-builder collect)
   report          deliver spooled reports to report_url now
   export-status DIR
                   write spooled reports + status, signed by this node's
@@ -31,6 +32,17 @@ commands:
   rollback [--order FILE]
                   undo the last applied bundle (snapshot or packages), or
                   carry out a signed rollback/halt order from FILE
+  fetch [--budget DURATION]
+                  one pass over the mirror: signed index, download the due
+                  bundle (resumable, bwlimit, transfer_window), verify it
+  import DIR      copy the newest due bundle from DIR (USB stick, rsync
+                  drop) into incoming/, verifying while copying
+  run [--no-splay] what cron/systemd calls: splay, fetch, import, apply
+  keys [--import FILE]
+                  show the trusted release keys and their expiry; with
+                  --import, accept a newer root-signed key list first
+  doctor          check config, keys, clock, space, package manager,
+                  snapshot, tz and mirror; one line each with a fix hint
 
 options:
   --config FILE   agent config (default /etc/edgepatch/agent.conf,
@@ -105,6 +117,9 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         }
     };
     crate::logger::init(args.verbosity);
+    if args.command == "doctor" {
+        return crate::doctor::main(&config_path(args.config), &args.rest);
+    }
     match run(args) {
         Ok(()) => 0,
         Err(e) => {
@@ -127,7 +142,7 @@ fn run(args: Args) -> Result<()> {
                 [b] => Some(PathBuf::from(b)),
                 _ => return Err(Error::usage("usage: edgepatch apply [BUNDLE]")),
             };
-            let trusted = keys::load_trusted(&config.trusted_keys).map_err(Error::usage)?;
+            let trusted = crate::trust::load(&config)?;
             let clock = crate::clock::from_env();
             let ctx = Ctx {
                 config: &config,
@@ -138,6 +153,7 @@ fn run(args: Args) -> Result<()> {
             println!("ok: {msg}");
             Ok(())
         }
+        "packages" => crate::delta::print_dpkg_status(&config.root),
         "status" => {
             let json = match args.rest.as_slice() {
                 [] => false,
@@ -153,7 +169,10 @@ fn run(args: Args) -> Result<()> {
             let timeout = std::time::Duration::from_secs(30);
             let st = crate::report::flush(&config.state_dir, url, timeout)
                 .map_err(|m| Error::new(Exit::Deferred, m))?;
-            println!("ok: delivered {}, rejected {}, still spooled {}", st.delivered, st.rejected, st.remaining);
+            println!(
+                "ok: delivered {}, rejected {}, still spooled {}",
+                st.delivered, st.rejected, st.remaining
+            );
             Ok(())
         }
         "export-status" => {
@@ -169,12 +188,20 @@ fn run(args: Args) -> Result<()> {
                 [flag, f] if flag == "--order" => Some(PathBuf::from(f)),
                 _ => return Err(Error::usage("usage: edgepatch rollback [--order FILE]")),
             };
-            let trusted = keys::load_trusted(&config.trusted_keys).map_err(Error::usage)?;
+            let trusted = crate::trust::load(&config)?;
             let clock = crate::clock::from_env();
-            let ctx = Ctx { config: &config, trusted: &trusted, clock: clock.as_ref() };
+            let ctx = Ctx {
+                config: &config,
+                trusted: &trusted,
+                clock: clock.as_ref(),
+            };
             println!("ok: {}", crate::rollback::command(&ctx, order.as_deref())?);
             Ok(())
         }
+        "keys" => crate::trust::main(&config, &args.rest),
+        "fetch" => crate::fetch::main(&config, &args.rest),
+        "import" => crate::import::main(&config, &args.rest),
+        "run" => crate::run::main(&config, &args.rest),
         other => Err(Error::usage(format!(
             "unknown command {other:?}; see edgepatch --help"
         ))),
@@ -185,7 +212,7 @@ fn run(args: Args) -> Result<()> {
 fn cmd_status(config: &Config, json: bool) -> Result<()> {
     if crate::status::journal_path(&config.state_dir).exists() {
         if let Ok(_lock) = crate::lock::acquire(&config.state_dir) {
-            let trusted = keys::load_trusted(&config.trusted_keys).map_err(Error::usage)?;
+            let trusted = crate::trust::load(config)?;
             let clock = crate::clock::from_env();
             let ctx = Ctx {
                 config,
@@ -225,7 +252,7 @@ pub fn open_bundle(path: &Path) -> Result<BufReader<std::fs::File>> {
 }
 
 fn cmd_verify(config: &Config, bundle: &Path) -> Result<()> {
-    let trusted = keys::load_trusted(&config.trusted_keys).map_err(Error::usage)?;
+    let trusted = crate::trust::load(config)?;
     let installed = Installed::load(&config.state_dir)?;
     let ratchet = Ratchet::new(&config.state_dir);
     let node = NodeFacts {

@@ -22,8 +22,14 @@ pub struct Config {
     pub variant: String,
     /// `key=value` labels matched against a policy's matchLabels.
     pub labels: Vec<(String, String)>,
-    /// A .pub file or a directory of them.
-    pub trusted_keys: PathBuf,
+    /// Release keys as a .pub file or a directory of them (small setups without a root key; with
+    /// `root_keys`, only used until the first key list is accepted). See `trust`.
+    pub trusted_keys: Option<PathBuf>,
+    /// Root public key(s), a .pub file or a directory: the release keys then come from the newest
+    /// signed key list accepted into state_dir/keylist.
+    pub root_keys: Option<PathBuf>,
+    /// Distinct release signatures a bundle needs (the key list can only raise it).
+    pub signature_threshold: usize,
     pub state_dir: PathBuf,
     /// Filesystem root being patched.
     pub root: PathBuf,
@@ -226,6 +232,8 @@ impl Config {
         let mut variant = None;
         let mut labels = Vec::new();
         let mut trusted_keys = None;
+        let mut root_keys = None;
+        let mut signature_threshold = 1;
         let mut state_dir = PathBuf::from("/var/lib/edgepatch");
         let mut root = PathBuf::from("/");
         let mut package_manager = PackageManagerChoice::Auto;
@@ -264,6 +272,18 @@ impl Config {
                 "node_id" => node_id = Some(want_str(&value)?),
                 "variant" => variant = Some(want_str(&value)?),
                 "trusted_keys" => trusted_keys = Some(PathBuf::from(want_str(&value)?)),
+                "root_keys" => root_keys = Some(PathBuf::from(want_str(&value)?)),
+                "signature_threshold" => {
+                    signature_threshold = match value {
+                        Value::Int(n) if (1..=16).contains(&n) => n as usize,
+                        _ => {
+                            return Err(at(
+                                line,
+                                "signature_threshold must be a number from 1 to 16".into(),
+                            ))
+                        }
+                    }
+                }
                 "state_dir" => state_dir = PathBuf::from(want_str(&value)?),
                 "root" => root = PathBuf::from(want_str(&value)?),
                 "package_manager" => {
@@ -379,7 +399,9 @@ impl Config {
         let missing = |k: &str| Error::usage(format!("{origin}: required key {k} is missing"));
         let node_id = node_id.ok_or_else(|| missing("node_id"))?;
         let variant = variant.ok_or_else(|| missing("variant"))?;
-        let trusted_keys = trusted_keys.ok_or_else(|| missing("trusted_keys"))?;
+        if trusted_keys.is_none() && root_keys.is_none() {
+            return Err(missing("trusted_keys (or root_keys)"));
+        }
         for (what, v) in [("node_id", &node_id), ("variant", &variant)] {
             if v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(Error::usage(format!(
@@ -392,6 +414,8 @@ impl Config {
             variant,
             labels,
             trusted_keys,
+            root_keys,
+            signature_threshold,
             state_dir,
             root,
             package_manager,
@@ -497,5 +521,28 @@ health_timeout = 60
             .unwrap_err()
             .msg
             .contains("node_id"));
+    }
+
+    #[test]
+    fn root_keys_alone_are_enough_and_threshold_is_bounded() {
+        let c = Config::parse(
+            "node_id = \"n\"\nvariant = \"v\"\nroot_keys = \"/etc/edgepatch/root.pub\"\nsignature_threshold = 2\n",
+            "c",
+        )
+        .unwrap();
+        assert_eq!(c.trusted_keys, None);
+        assert_eq!(
+            c.root_keys.as_deref(),
+            Some(Path::new("/etc/edgepatch/root.pub"))
+        );
+        assert_eq!(c.signature_threshold, 2);
+        let e = Config::parse("node_id = \"n\"\nvariant = \"v\"\n", "c").unwrap_err();
+        assert!(e.msg.contains("root_keys"), "{}", e.msg);
+        let e = Config::parse(
+            "node_id = \"n\"\nvariant = \"v\"\ntrusted_keys = \"k\"\nsignature_threshold = 0\n",
+            "c",
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("signature_threshold"), "{}", e.msg);
     }
 }

@@ -179,7 +179,8 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// Entry names are relative paths of plain components: no `..`, no leading `/`, no empty or
-/// hidden components, only `[A-Za-z0-9._+~-]`, at most four levels. Nothing can escape the
+/// hidden components, only `[A-Za-z0-9._+~%-]` (`%` for the `%3a` epochs of downloaded .deb
+/// file names), at most four levels. Nothing can escape the
 /// staging directory, whatever the signer wrote.
 pub fn check_entry_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
@@ -202,10 +203,10 @@ pub fn check_entry_name(name: &str) -> Result<(), String> {
         }
         if !part
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._+~-".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"._+~%-".contains(&b))
         {
             return Err(format!(
-                "entry name {name:?} has a character outside [A-Za-z0-9._+~-]"
+                "entry name {name:?} has a character outside [A-Za-z0-9._+~%-]"
             ));
         }
     }
@@ -816,6 +817,7 @@ mod tests {
             "pool/hello_2.10-3_amd64.deb",
             "repodata/repomd.xml",
             "a+b~c",
+            "pool/git_1%3a2.39.5-0+deb12u3_amd64.deb",
         ] {
             check_entry_name(good).unwrap();
         }

@@ -16,6 +16,11 @@ pub struct TrustedKey {
     pub key: PublicKey,
     /// Where the key came from, for messages.
     pub origin: String,
+    /// Set when this key's signatures must not count (revoked or expired in the key list, or the
+    /// key list itself expired): the reason, for the error message.
+    pub refused: Option<String>,
+    /// Distinct signers a bundle needs (from the key list or config; 1 by default).
+    pub threshold: usize,
 }
 
 pub fn key_id(pk: &PublicKey) -> [u8; KEY_ID_LEN] {
@@ -45,6 +50,8 @@ pub fn parse_public(text: &str, origin: &str) -> Result<TrustedKey, String> {
         id: key_id(&key),
         key,
         origin: origin.to_string(),
+        refused: None,
+        threshold: 1,
     })
 }
 
@@ -81,8 +88,9 @@ pub fn sign(sk: &SecretKey, message: &[u8]) -> Signature {
 
 /// The manifest is authentic when at least `threshold` distinct trusted keys signed it.
 /// Signatures by unknown keys are ignored (they may belong to a key this node does not trust yet),
-/// but a signature that names a trusted key and does not verify is an error: it means tampering.
-/// Returns the ids of the keys that vouched.
+/// and so are signatures by refused keys (revoked or expired: they never count, whatever the
+/// bundle's age), but a signature that names a usable trusted key and does not verify is an
+/// error: it means tampering. Returns the ids of the keys that vouched.
 pub fn check_signatures(
     message: &[u8],
     sigs: &[Signature],
@@ -90,10 +98,18 @@ pub fn check_signatures(
     threshold: usize,
 ) -> Result<Vec<[u8; KEY_ID_LEN]>, String> {
     let mut good: Vec<[u8; KEY_ID_LEN]> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
     for s in sigs {
         let Some(k) = trusted.iter().find(|k| k.id == s.key_id) else {
             continue;
         };
+        if let Some(why) = &k.refused {
+            let note = format!("key {} {why}", hex(&k.id));
+            if !refused.contains(&note) {
+                refused.push(note);
+            }
+            continue;
+        }
         let sig = ed25519_compact::Signature::new(s.bytes);
         k.key.verify(message, &sig).map_err(|_| {
             format!(
@@ -108,14 +124,30 @@ pub fn check_signatures(
     }
     if good.len() < threshold.max(1) {
         let ids: Vec<String> = sigs.iter().map(|s| hex(&s.key_id)).collect();
-        return Err(format!(
+        let mut msg = format!(
             "signed by {} trusted key(s), need {}; signer ids: {}",
             good.len(),
             threshold.max(1),
             ids.join(",")
-        ));
+        );
+        if !refused.is_empty() {
+            msg += &format!("; refused: {}", refused.join("; "));
+        }
+        return Err(msg);
     }
     Ok(good)
+}
+
+/// Signers a bundle needs from this trusted set: the largest threshold among its usable keys
+/// (they all come from one key list or one config), at least 1.
+pub fn required_signers(trusted: &[TrustedKey]) -> usize {
+    trusted
+        .iter()
+        .filter(|k| k.refused.is_none())
+        .map(|k| k.threshold)
+        .max()
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Load the trusted public keys: one `.pub` file, or every `*.pub` file in a directory.
@@ -176,6 +208,29 @@ mod tests {
         let other = sign(&b, b"manifest");
         assert!(check_signatures(b"manifest", std::slice::from_ref(&other), &trusted, 1).is_err());
         // Same trusted key twice does not meet a threshold of two.
-        assert!(check_signatures(b"manifest", &[sig.clone(), sig], &trusted, 2).is_err());
+        assert!(check_signatures(b"manifest", &[sig.clone(), sig.clone()], &trusted, 2).is_err());
+        // A refused key's valid signature does not count, and the error says why.
+        let mut revoked = trusted.clone();
+        revoked[0].refused = Some("is revoked".into());
+        let e = check_signatures(b"manifest", &[sig], &revoked, 1).unwrap_err();
+        assert!(e.contains("is revoked"), "{e}");
+    }
+
+    #[test]
+    fn threshold_counts_distinct_usable_keys() {
+        let (a, b, c) = (fixed_key(1), fixed_key(2), fixed_key(3));
+        let mut trusted: Vec<TrustedKey> = [&a, &b, &c]
+            .iter()
+            .map(|k| parse_public(&public_text(&k.public_key()), "t").unwrap())
+            .collect();
+        for k in &mut trusted {
+            k.threshold = 2;
+        }
+        assert_eq!(required_signers(&trusted), 2);
+        let (sa, sb) = (sign(&a, b"m"), sign(&b, b"m"));
+        assert!(check_signatures(b"m", std::slice::from_ref(&sa), &trusted, 2).is_err());
+        check_signatures(b"m", &[sa.clone(), sb.clone()], &trusted, 2).unwrap();
+        trusted[1].refused = Some("expired".into());
+        assert!(check_signatures(b"m", &[sa, sb], &trusted, 2).is_err());
     }
 }

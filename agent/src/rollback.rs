@@ -59,6 +59,13 @@ pub fn is_refused(state_dir: &Path, cycle: &str) -> bool {
     read_list(state_dir, "refused").iter().any(|c| c == cycle)
 }
 
+/// Has the order with this sha256 (hex) been carried out on this node already?
+pub fn order_done(state_dir: &Path, sha256_hex: &str) -> bool {
+    read_list(state_dir, "orders")
+        .iter()
+        .any(|d| d == sha256_hex)
+}
+
 pub fn is_halted(state_dir: &Path, cycle: &str) -> bool {
     read_list(state_dir, "halted").iter().any(|c| c == cycle)
 }
@@ -297,7 +304,7 @@ pub fn carry_out_order(ctx: &Ctx, path: &Path, info: &mut RunInfo) -> Result<Str
         ));
     }
     let digest = hex(&crate::format::sha256(&bytes));
-    if read_list(sd, "orders").contains(&digest) {
+    if order_done(sd, &digest) {
         return Ok(format!("{kind} order for {cycle} already carried out"));
     }
     let result = match kind.as_str() {

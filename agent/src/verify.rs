@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Exit, Result};
 use crate::format::{self, hex, Entry, EntryReader, Manifest};
-use crate::keys::{check_signatures, TrustedKey};
+use crate::keys::{check_signatures, required_signers, TrustedKey};
 use std::io::{self, Read};
 
 /// What the node knows that decides whether a bundle is for it.
@@ -31,6 +31,11 @@ pub struct Verified {
 
 /// Receives each entry's decoded bytes as they stream past.
 pub trait EntrySink {
+    /// Called once with the authentic, applicable manifest before the first entry (the staging
+    /// sink checks free space here, before writing anything).
+    fn begin(&mut self, _manifest: &Manifest) -> Result<()> {
+        Ok(())
+    }
     fn entry(&mut self, entry: &Entry, data: &mut dyn Read) -> Result<()>;
 }
 
@@ -53,10 +58,12 @@ fn read_error(e: io::Error) -> Error {
     }
 }
 
-/// Authenticate the head and parse the manifest, without reading the payload.
+/// Authenticate the head and parse the manifest, without reading the payload. The manifest needs
+/// as many distinct usable signers as the trusted set's threshold (`keys::required_signers`).
 pub fn authenticate<R: Read>(r: &mut R, trusted: &[TrustedKey]) -> Result<Verified> {
     let head = format::read_head(r)?;
-    let signers = check_signatures(&head.manifest_bytes, &head.signatures, trusted, 1)
+    let need = required_signers(trusted);
+    let signers = check_signatures(&head.manifest_bytes, &head.signatures, trusted, need)
         .map_err(|m| Error::new(Exit::Authenticity, m))?;
     let manifest = Manifest::parse(&head.manifest_bytes)?;
     Ok(Verified {
@@ -102,6 +109,7 @@ pub fn verify_stream<R: Read>(
 ) -> Result<Verified> {
     let verified = authenticate(r, trusted)?;
     check_applicable(&verified.manifest, node)?;
+    sink.begin(&verified.manifest)?;
     for entry in &verified.manifest.entries {
         if entry.stored == 0 && entry.kind == format::EntryKind::Ref {
             continue;

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct BuildArgs {
-    /// Secret key file (from keygen)
-    #[arg(long)]
-    pub key: PathBuf,
+    /// Secret key file (from keygen); repeat to add several signatures (k of n thresholds)
+    #[arg(long = "key", required = true)]
+    pub key: Vec<PathBuf>,
     /// OS variant, e.g. debian-12-amd64 or rhel-9-x86_64
     #[arg(long)]
     pub variant: String,
@@ -35,6 +35,17 @@ pub struct BuildArgs {
     /// PatchPolicy YAML to sign into the bundle (bundleRef.version must be --cycle)
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Build a delta bundle against this earlier bundle (which the nodes hold): unchanged
+    /// packages become references, changed .debs binary deltas
+    #[arg(long, value_name = "BUNDLE")]
+    pub base: Option<PathBuf>,
+    /// With --base: directories holding the base's packages that the base bundle itself does
+    /// not carry (it was a delta bundle too); files are matched by name and sha256
+    #[arg(long = "base-pool", value_name = "DIR", requires = "base")]
+    pub base_pool: Vec<PathBuf>,
+    /// With --base: references only, no binary deltas (package-level dedup; for comparisons)
+    #[arg(long, requires = "base")]
+    pub refs_only: bool,
     /// .deb or .rpm files, or directories holding them
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
@@ -169,12 +180,42 @@ fn meta_entry(name: String, data: Vec<u8>) -> (Entry, Source) {
     (entry, Source::Bytes(bytes))
 }
 
+fn full_parts(packages: &[Package]) -> Vec<(Entry, Source)> {
+    packages
+        .iter()
+        .map(|p| {
+            let entry = Entry {
+                name: p.name.clone(),
+                kind: EntryKind::File,
+                encoding: Encoding::Raw,
+                size: p.size,
+                stored: p.size,
+                sha256: p.sha256,
+                base_sha256: None,
+                patch_sha256: None,
+            };
+            (entry, Source::File(p.path.clone()))
+        })
+        .collect()
+}
+
 pub fn run(args: &BuildArgs) -> Result<()> {
     let started = std::time::Instant::now();
-    let key_text = std::fs::read_to_string(&args.key)
-        .with_context(|| format!("key {}", args.key.display()))?;
-    let sk = edgepatch::keys::parse_secret(&key_text, &args.key.display().to_string())
-        .map_err(anyhow::Error::msg)?;
+    let mut sks: Vec<ed25519_compact::SecretKey> = Vec::new();
+    for path in &args.key {
+        let key_text =
+            std::fs::read_to_string(path).with_context(|| format!("key {}", path.display()))?;
+        let sk = edgepatch::keys::parse_secret(&key_text, &path.display().to_string())
+            .map_err(anyhow::Error::msg)?;
+        if sks.iter().any(|k| k.public_key() == sk.public_key()) {
+            bail!("{}: the same key is given twice", path.display());
+        }
+        sks.push(sk);
+    }
+    if sks.len() > format::MAX_SIGNATURES as usize {
+        bail!("at most {} --key", format::MAX_SIGNATURES);
+    }
+    let sk = &sks[0];
     let files = collect_inputs(&args.inputs)?;
     let families: Vec<Family> = files.iter().filter_map(|f| repo::family_of(f)).collect();
     let family = families[0];
@@ -209,23 +250,24 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     }
     packages.sort_by(|a, b| a.name.cmp(&b.name));
 
+    // With --base, package entries are planned first: a rebuilt .deb changes Packages.
+    let (pkg_parts, delta_base) = match &args.base {
+        Some(b) => {
+            let base = crate::delta::Base::load(b, &args.base_pool)?;
+            let (parts, db, s) = crate::delta::plan(&base, family, &mut packages, !args.refs_only)?;
+            println!(
+                "delta against sequence {}: {} ref(s), {} delta(s) {} bytes, {} file(s) {} bytes (full: {} bytes)",
+                db.sequence, s.refs, s.deltas, s.delta_bytes, s.files, s.file_bytes, s.full_bytes
+            );
+            (parts, Some(db))
+        }
+        None => (full_parts(&packages), None),
+    };
     let mut parts: Vec<(Entry, Source)> = repo::metadata(family, &packages)?
         .into_iter()
         .map(|m| meta_entry(m.name, m.data))
         .collect();
-    for p in &packages {
-        let entry = Entry {
-            name: p.name.clone(),
-            kind: EntryKind::File,
-            encoding: Encoding::Raw,
-            size: p.size,
-            stored: p.size,
-            sha256: p.sha256,
-            base_sha256: None,
-            patch_sha256: None,
-        };
-        parts.push((entry, Source::File(p.path.clone())));
-    }
+    parts.extend(pkg_parts);
 
     let created = edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock);
     let manifest = Manifest {
@@ -236,18 +278,30 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         expires: created + args.expires_in,
         key_id: hex(&edgepatch::keys::key_id(&sk.public_key())),
         install: args.install.clone(),
-        delta_base: None,
+        delta_base,
         policy: crate::policy::lines_for_build(args.policy.as_deref(), &args.cycle, created)?,
         entries: parts.iter().map(|(e, _)| e.clone()).collect(),
     };
-    write_bundle(&args.out, &manifest, &sk, &parts)?;
+    write_bundle(&args.out, &manifest, &sks, &parts)?;
 
     // Read back what we wrote with the agent's reader: the builder never ships a bundle the
     // agent would refuse.
-    let trusted =
-        edgepatch::keys::parse_public(&edgepatch::keys::public_text(&sk.public_key()), "build key")
-            .map_err(anyhow::Error::msg)?;
-    let v = crate::verify::verify_file(&args.out, &[trusted], created).with_context(|| {
+    // With several keys, every one of them must have signed.
+    let trusted = sks
+        .iter()
+        .map(|sk| {
+            edgepatch::keys::parse_public(
+                &edgepatch::keys::public_text(&sk.public_key()),
+                "build key",
+            )
+            .map(|mut k| {
+                k.threshold = sks.len();
+                k
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let v = crate::verify::verify_file(&args.out, &trusted, created).with_context(|| {
         format!(
             "re-reading {} failed; the bundle is not usable",
             args.out.display()
@@ -275,18 +329,21 @@ pub fn run(args: &BuildArgs) -> Result<()> {
 pub(crate) fn write_bundle(
     out: &Path,
     manifest: &Manifest,
-    sk: &ed25519_compact::SecretKey,
+    sks: &[ed25519_compact::SecretKey],
     parts: &[(Entry, Source)],
 ) -> Result<()> {
     let manifest_bytes = manifest
         .to_bytes()
         .map_err(|m| anyhow::anyhow!("manifest: {m}"))?;
-    let sig = edgepatch::keys::sign(sk, &manifest_bytes);
+    let sigs: Vec<format::Signature> = sks
+        .iter()
+        .map(|sk| edgepatch::keys::sign(sk, &manifest_bytes))
+        .collect();
     let tmp = out.with_extension("partial");
     let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let result = (|| -> Result<()> {
         let mut head = Vec::new();
-        format::write_head(&mut head, &manifest_bytes, &[sig])?;
+        format::write_head(&mut head, &manifest_bytes, &sigs)?;
         f.write_all(&head)?;
         for (entry, source) in parts {
             let written = match source {

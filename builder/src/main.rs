@@ -2,10 +2,14 @@
 
 mod build;
 mod center;
+mod collect;
+mod delta;
 mod inspect;
+mod key;
 mod keygen;
 mod order;
 mod policy;
+mod publish;
 mod repo;
 mod verify;
 
@@ -25,6 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Download packages and the dependencies a baseline (dpkg status / rpmdb root) lacks
+    Collect(collect::CollectArgs),
     /// Create a signing key pair: DIR/edgepatch.key (0600) and DIR/edgepatch.pub
     Keygen {
         #[arg(long)]
@@ -50,8 +56,13 @@ enum Command {
     Ingest(center::IngestArgs),
     /// Print the fleet summary (per cycle: done, deferred, failed, ..., silent)
     Fleet(center::FleetArgs),
+    /// Copy bundles into a static mirror tree and write its signed per-variant index
+    Publish(publish::PublishArgs),
     /// Write a signed rollback or halt order for one cycle
     Order(order::OrderArgs),
+    /// Root key and signed key list: init-root, add, revoke, sign, rotate-root, show, publish
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Rollout policies (PatchPolicy YAML): check one, alone or against its bundle
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -60,6 +71,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Collect(args) => collect::run(&args),
         Command::Keygen { out } => keygen::run(&out),
         Command::Build(args) => build::run(&args),
         Command::Inspect { file, json } => inspect::run(&file, json),
@@ -68,7 +80,9 @@ fn main() {
         Command::Ingest(args) => center::ingest(&args),
         Command::Fleet(args) => center::fleet(&args),
         Command::Policy(cmd) => policy::run(&cmd),
+        Command::Key(cmd) => key::run(&cmd),
         Command::Order(args) => order::run(&args),
+        Command::Publish(args) => publish::run(&args),
     };
     if let Err(e) = result {
         // Errors from the agent library carry the shared exit code; everything else is usage (1).

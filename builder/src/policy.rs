@@ -386,7 +386,8 @@ pub fn run(cmd: &PolicyCommand) -> Result<()> {
 fn issue(file: &Path, bundle: &Path, key: &Path, out: &Path) -> Result<()> {
     let mut p = load_policy_yaml(file)?;
     check_bundle(file, &p, bundle)?;
-    let key_text = std::fs::read_to_string(key).with_context(|| format!("key {}", key.display()))?;
+    let key_text =
+        std::fs::read_to_string(key).with_context(|| format!("key {}", key.display()))?;
     let sk = edgepatch::keys::parse_secret(&key_text, &key.display().to_string())
         .map_err(anyhow::Error::msg)?;
     let mut r = edgepatch::cli::open_bundle(bundle)?;
@@ -408,7 +409,12 @@ fn issue(file: &Path, bundle: &Path, key: &Path, out: &Path) -> Result<()> {
     let doc = edgepatch::signed::seal(&body, &[&sk]);
     edgepatch::fsutil::write_atomic(out, doc.as_bytes(), false)
         .with_context(|| format!("writing {}", out.display()))?;
-    println!("policy for {} cycle {} issued to {}", m.variant, m.cycle, out.display());
+    println!(
+        "policy for {} cycle {} issued to {}",
+        m.variant,
+        m.cycle,
+        out.display()
+    );
     Ok(())
 }
 

@@ -407,3 +407,4 @@ pub fn rpm_version(root: &Path, name: &str) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+pub mod faulty_http;
