@@ -8,48 +8,19 @@ use std::process::Command;
 
 const VARIANT: &str = "debian-12-amd64";
 
-struct Fleet {
-    dir: Scratch,
-    key: PathBuf,
-    public: PathBuf,
+fn fleet(tag: &str) -> Fleet {
+    Fleet::new(tag, VARIANT, "apt")
 }
 
-impl Fleet {
-    fn new(tag: &str) -> Fleet {
-        let dir = Scratch::new(tag);
-        let (key, public) = keygen(&dir.join("keys"));
-        Fleet { dir, key, public }
-    }
+/// The two cycles most tests use: ep-app depends on ep-lib; c2 adds a new dependency.
+trait Cycles {
+    fn c1(&self) -> PathBuf;
+    fn c2(&self) -> PathBuf;
+}
 
-    fn node(&self, name: &str) -> Node {
-        let node = Node::new(
-            &self.dir.join(name),
-            VARIANT,
-            &self.public,
-            "package_manager = \"apt\"\n",
-        );
-        deb_root(&node.root);
-        node
-    }
-
-    /// Build a bundle from the given packages.
-    fn bundle(&self, cycle: &str, seq: u64, debs: &[Deb], install: &[&str]) -> PathBuf {
-        let pkgs = self.dir.join(format!("pkgs-{cycle}"));
-        for d in debs {
-            d.build(&pkgs);
-        }
-        let out = self.dir.join(format!("{cycle}.epb"));
-        let mut extra = Vec::new();
-        for i in install {
-            extra.push("--install");
-            extra.push(i);
-        }
-        build_bundle(&self.key, VARIANT, cycle, seq, &out, &[&pkgs], &extra);
-        out
-    }
-
+impl Cycles for Fleet {
     fn c1(&self) -> PathBuf {
-        self.bundle(
+        self.debs(
             "c1",
             1,
             &[
@@ -61,7 +32,7 @@ impl Fleet {
     }
 
     fn c2(&self) -> PathBuf {
-        self.bundle(
+        self.debs(
             "c2",
             2,
             &[
@@ -88,7 +59,7 @@ fn ver(node: &Node, name: &str) -> Option<String> {
 
 #[test]
 fn install_upgrade_idempotent_replay() {
-    let f = Fleet::new("apt-basic");
+    let f = fleet("apt-basic");
     let node = f.node("n");
     let (c1, c2) = (f.c1(), f.c2());
     let r = apply(&node, &c1).expect(0);
@@ -127,7 +98,7 @@ fn install_upgrade_idempotent_replay() {
 
 #[test]
 fn no_bundle_defers_and_newest_incoming_wins() {
-    let f = Fleet::new("apt-incoming");
+    let f = fleet("apt-incoming");
     let node = f.node("n");
     let r = node.agent(&["apply"]).expect(5);
     assert!(r.stderr.contains("no complete bundle"), "{}", r.stderr);
@@ -145,7 +116,7 @@ fn no_bundle_defers_and_newest_incoming_wins() {
 
 #[test]
 fn tampered_bundle_is_quarantined_and_does_not_block_the_next() {
-    let f = Fleet::new("apt-quarantine");
+    let f = fleet("apt-quarantine");
     let node = f.node("n");
     let c1 = f.c1();
     let incoming = node.state_dir.join("incoming");
@@ -174,10 +145,10 @@ fn tampered_bundle_is_quarantined_and_does_not_block_the_next() {
 
 #[test]
 fn failing_postinst_restores_previous_versions() {
-    let f = Fleet::new("apt-postinst");
+    let f = fleet("apt-postinst");
     let node = f.node("n");
     apply(&node, &f.c1()).expect(0);
-    let c3 = f.bundle(
+    let c3 = f.debs(
         "c3",
         3,
         &[
@@ -208,10 +179,10 @@ fn failing_postinst_restores_previous_versions() {
 
 #[test]
 fn unsatisfiable_bundle_is_refused_before_touching_anything() {
-    let f = Fleet::new("apt-simulate");
+    let f = fleet("apt-simulate");
     let node = f.node("n");
     apply(&node, &f.c1()).expect(0);
-    let bad = f.bundle(
+    let bad = f.debs(
         "c4",
         4,
         &[Deb::new("ep-app", "4.0").depends("ep-missing-dependency")],
@@ -235,7 +206,7 @@ fn kill_at(node: &Node, bundle: &Path, point: &str) {
 
 #[test]
 fn sigkill_at_every_step_ends_pre_patch_or_fully_patched() {
-    let f = Fleet::new("apt-kill");
+    let f = fleet("apt-kill");
     let (c1, c2) = (f.c1(), f.c2());
     // (pause point, version after the next status/apply resolves the journal)
     let cases = [
@@ -272,12 +243,12 @@ fn sigkill_at_every_step_ends_pre_patch_or_fully_patched() {
 
 #[test]
 fn sigkill_inside_a_slow_postinst_is_finished_on_next_run() {
-    let f = Fleet::new("apt-slow");
+    let f = fleet("apt-slow");
     let node = f.node("n");
     apply(&node, &f.c1()).expect(0);
     let marker = f.dir.join("postinst-started");
     let script = format!("touch {}; sleep 3", marker.display());
-    let c2 = f.bundle(
+    let c2 = f.debs(
         "c2slow",
         2,
         &[
@@ -307,7 +278,7 @@ fn sigkill_inside_a_slow_postinst_is_finished_on_next_run() {
 
 #[test]
 fn concurrent_run_gets_exit_8() {
-    let f = Fleet::new("apt-lock");
+    let f = fleet("apt-lock");
     let node = f.node("n");
     let c1 = f.c1();
     let marker = f.dir.join("paused");
@@ -333,7 +304,7 @@ fn apply_works_with_no_network_at_all() {
         eprintln!("SKIP: unshare --net is not permitted here (needs root and user namespaces)");
         return;
     }
-    let f = Fleet::new("apt-offline");
+    let f = fleet("apt-offline");
     let node = f.node("n");
     let c1 = f.c1();
     let r = run(Command::new("unshare")

@@ -3,50 +3,16 @@
 //! and SIGKILL during the install step.
 
 use edgepatch_e2e::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const VARIANT: &str = "rhel-9-x86_64";
 
-struct Fleet {
-    dir: Scratch,
-    key: PathBuf,
-    public: PathBuf,
-}
-
-impl Fleet {
-    fn new(tag: &str) -> Option<Fleet> {
-        if !(have("dnf") && have("rpmbuild") && have("createrepo_c")) {
-            eprintln!("SKIP: dnf, rpmbuild or createrepo_c missing; run scripts/test-deps.sh");
-            return None;
-        }
-        let dir = Scratch::new(tag);
-        let (key, public) = keygen(&dir.join("keys"));
-        Some(Fleet { dir, key, public })
+fn fleet(tag: &str) -> Option<Fleet> {
+    if !(have("dnf") && have("rpmbuild") && have("createrepo_c")) {
+        eprintln!("SKIP: dnf, rpmbuild or createrepo_c missing; run scripts/test-deps.sh");
+        return None;
     }
-
-    fn node(&self, name: &str) -> Node {
-        Node::new(
-            &self.dir.join(name),
-            VARIANT,
-            &self.public,
-            "package_manager = \"dnf\"\n",
-        )
-    }
-
-    fn bundle(&self, cycle: &str, seq: u64, rpms: &[Rpm], install: &[&str]) -> PathBuf {
-        let pkgs = self.dir.join(format!("pkgs-{cycle}"));
-        for r in rpms {
-            r.build(&pkgs);
-        }
-        let out = self.dir.join(format!("{cycle}.epb"));
-        let mut extra = Vec::new();
-        for i in install {
-            extra.push("--install");
-            extra.push(i);
-        }
-        build_bundle(&self.key, VARIANT, cycle, seq, &out, &[&pkgs], &extra);
-        out
-    }
+    Some(Fleet::new(tag, VARIANT, "dnf"))
 }
 
 fn apply(node: &Node, bundle: &Path) -> Run {
@@ -55,11 +21,11 @@ fn apply(node: &Node, bundle: &Path) -> Run {
 
 #[test]
 fn dnf_install_upgrade_replay_and_failed_scriptlet() {
-    let Some(f) = Fleet::new("dnf-basic") else {
+    let Some(f) = fleet("dnf-basic") else {
         return;
     };
     let node = f.node("n");
-    let c1 = f.bundle(
+    let c1 = f.rpms(
         "c1",
         1,
         &[
@@ -68,7 +34,7 @@ fn dnf_install_upgrade_replay_and_failed_scriptlet() {
         ],
         &["ep-app"],
     );
-    let c2 = f.bundle(
+    let c2 = f.rpms(
         "c2",
         2,
         &[
@@ -77,7 +43,7 @@ fn dnf_install_upgrade_replay_and_failed_scriptlet() {
         ],
         &[],
     );
-    let c3 = f.bundle(
+    let c3 = f.rpms(
         "c3",
         3,
         &[
@@ -108,11 +74,11 @@ fn dnf_install_upgrade_replay_and_failed_scriptlet() {
 
 #[test]
 fn dnf_sigkill_during_install_is_finished_on_next_run() {
-    let Some(f) = Fleet::new("dnf-kill") else {
+    let Some(f) = fleet("dnf-kill") else {
         return;
     };
-    let c1 = f.bundle("c1", 1, &[Rpm::new("ep-lib", "1.0")], &["ep-lib"]);
-    let c2 = f.bundle("c2", 2, &[Rpm::new("ep-lib", "2.0")], &[]);
+    let c1 = f.rpms("c1", 1, &[Rpm::new("ep-lib", "1.0")], &["ep-lib"]);
+    let c2 = f.rpms("c2", 2, &[Rpm::new("ep-lib", "2.0")], &[]);
     for point in ["staging", "installing", "commit-recorded"] {
         let node = f.node(point);
         apply(&node, &c1).expect(0);

@@ -49,35 +49,8 @@ fn deb(out: &Path, name: &str, version: &str, depends: &str, seed: u32) -> PathB
     deb
 }
 
-struct Fleet {
-    dir: Scratch,
-    key: PathBuf,
-    public: PathBuf,
-}
-
-impl Fleet {
-    fn new(tag: &str) -> Fleet {
-        let dir = Scratch::new(tag);
-        let (key, public) = keygen(&dir.join("keys"));
-        Fleet { dir, key, public }
-    }
-
-    fn node(&self, name: &str) -> Node {
-        let node = Node::new(
-            &self.dir.join(name),
-            VARIANT,
-            &self.public,
-            "package_manager = \"apt\"\n",
-        );
-        deb_root(&node.root);
-        node
-    }
-
-    fn build(&self, cycle: &str, seq: u64, inputs: &Path, extra: &[&str]) -> (PathBuf, Run) {
-        let out = self.dir.join(format!("{cycle}.epb"));
-        let r = build_bundle(&self.key, VARIANT, cycle, seq, &out, &[inputs], extra);
-        (out, r)
-    }
+fn fleet(tag: &str) -> Fleet {
+    Fleet::new(tag, VARIANT, "apt")
 }
 
 fn apply(node: &Node, bundle: &Path) -> Run {
@@ -106,7 +79,7 @@ fn first_delta_offset(bundle: &Path) -> u64 {
 
 #[test]
 fn synthetic_delta_applies_end_to_end() {
-    let f = Fleet::new("delta-synth");
+    let f = fleet("delta-synth");
     let (p1, p2) = (f.dir.join("p1"), f.dir.join("p2"));
     deb(&p1, "ep-lib", "1.0", "", 1);
     deb(&p1, "ep-app", "1.0", "ep-lib (>= 1.0)", 1);
@@ -119,13 +92,13 @@ fn synthetic_delta_applies_end_to_end() {
         p2.join("ep-same_1.0_all.deb"),
     )
     .unwrap();
-    let (c1, _) = f.build(
+    let (c1, _) = f.build_dir(
         "c1",
         1,
         &p1,
         &["--install", "ep-app", "--install", "ep-same"],
     );
-    let (c2, r) = f.build(
+    let (c2, r) = f.build_dir(
         "c2",
         2,
         &p2,
@@ -136,7 +109,7 @@ fn synthetic_delta_applies_end_to_end() {
         "{}",
         r.stdout
     );
-    let (full2, _) = f.build("c2-full", 2, &p2, &["--install", "ep-app"]);
+    let (full2, _) = f.build_dir("c2-full", 2, &p2, &["--install", "ep-app"]);
     let (d, full) = (
         std::fs::metadata(&c2).unwrap().len(),
         std::fs::metadata(&full2).unwrap().len(),
@@ -196,12 +169,12 @@ fn manifest(bundle: &Path) -> edgepatch::format::Manifest {
 
 #[test]
 fn tampered_delta_is_an_integrity_error() {
-    let f = Fleet::new("delta-tamper");
+    let f = fleet("delta-tamper");
     let (p1, p2) = (f.dir.join("p1"), f.dir.join("p2"));
     deb(&p1, "ep-lib", "1.0", "", 1);
     deb(&p2, "ep-lib", "2.0", "", 2);
-    let (c1, _) = f.build("c1", 1, &p1, &["--install", "ep-lib"]);
-    let (c2, _) = f.build("c2", 2, &p2, &["--base", c1.to_str().unwrap()]);
+    let (c1, _) = f.build_dir("c1", 1, &p1, &["--install", "ep-lib"]);
+    let (c2, _) = f.build_dir("c2", 2, &p2, &["--base", c1.to_str().unwrap()]);
     let node = f.node("n");
     apply(&node, &c1).expect(0);
     flip_byte(&c2, first_delta_offset(&c2) as i64);
@@ -212,12 +185,12 @@ fn tampered_delta_is_an_integrity_error() {
 
 #[test]
 fn rotten_cache_defers_instead_of_blaming_the_bundle() {
-    let f = Fleet::new("delta-rot");
+    let f = fleet("delta-rot");
     let (p1, p2) = (f.dir.join("p1"), f.dir.join("p2"));
     deb(&p1, "ep-lib", "1.0", "", 1);
     deb(&p2, "ep-lib", "2.0", "", 2);
-    let (c1, _) = f.build("c1", 1, &p1, &["--install", "ep-lib"]);
-    let (c2, _) = f.build("c2", 2, &p2, &["--base", c1.to_str().unwrap()]);
+    let (c1, _) = f.build_dir("c1", 1, &p1, &["--install", "ep-lib"]);
+    let (c2, _) = f.build_dir("c2", 2, &p2, &["--base", c1.to_str().unwrap()]);
     let node = f.node("n");
     apply(&node, &c1).expect(0);
     flip_byte(
@@ -246,7 +219,7 @@ fn real_packages_from_the_corpus() {
         );
         return;
     }
-    let f = Fleet::new("delta-real");
+    let f = fleet("delta-real");
     let mut picked = Vec::new();
     for (i, cycle) in ["cycle-1", "cycle-2"].iter().enumerate() {
         let dir = f.dir.join(format!("p{}", i + 1));
@@ -279,11 +252,11 @@ fn real_packages_from_the_corpus() {
         }
     }
     let install = ["--install", "jq", "--install", "hello", "--install", "tree"];
-    let (c1, _) = f.build("c1", 1, &f.dir.join("p1"), &install);
+    let (c1, _) = f.build_dir("c1", 1, &f.dir.join("p1"), &install);
     let mut extra = install.to_vec();
     let base = c1.to_str().unwrap().to_string();
     extra.extend_from_slice(&["--base", &base]);
-    let (c2, r) = f.build("c2", 2, &f.dir.join("p2"), &extra);
+    let (c2, r) = f.build_dir("c2", 2, &f.dir.join("p2"), &extra);
     assert!(r.stdout.contains("delta(s)"), "{}", r.stdout);
     apply(&node, &c1).expect(0);
     let jq1 = ver(&node, "jq").unwrap();

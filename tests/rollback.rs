@@ -9,51 +9,32 @@ use std::process::Command;
 
 const VARIANT: &str = "debian-12-amd64";
 
-struct Fleet {
-    dir: Scratch,
-    key: PathBuf,
-    public: PathBuf,
+fn fleet(tag: &str) -> Fleet {
+    Fleet::new(tag, VARIANT, "apt")
 }
 
-impl Fleet {
-    fn new(tag: &str) -> Fleet {
-        let dir = Scratch::new(tag);
-        let (key, public) = keygen(&dir.join("keys"));
-        Fleet { dir, key, public }
-    }
+trait Cycles {
+    fn c1(&self) -> PathBuf;
+    fn c2(&self) -> PathBuf;
+    fn order(&self, key: &Path, kind: &str, variant: &str, cycle: &str) -> PathBuf;
+    fn node_at(&self, dir: &Path, extra: &str) -> Node;
+}
 
+impl Cycles for Fleet {
+    /// A node in `dir` (the health-check flag file lives beside it).
     fn node_at(&self, dir: &Path, extra: &str) -> Node {
-        let node = Node::new(
-            dir,
-            VARIANT,
-            &self.public,
-            &format!("package_manager = \"apt\"\n{extra}"),
-        );
+        let conf = format!("package_manager = \"apt\"\n{extra}");
+        let node = Node::new(dir, VARIANT, &self.public, &conf);
         deb_root(&node.root);
         node
     }
 
-    fn bundle(&self, cycle: &str, seq: u64, debs: &[Deb], install: &[&str]) -> PathBuf {
-        let pkgs = self.dir.join(format!("pkgs-{cycle}"));
-        for d in debs {
-            d.build(&pkgs);
-        }
-        let out = self.dir.join(format!("{cycle}.epb"));
-        let mut extra = Vec::new();
-        for i in install {
-            extra.push("--install");
-            extra.push(i);
-        }
-        build_bundle(&self.key, VARIANT, cycle, seq, &out, &[&pkgs], &extra);
-        out
-    }
-
     fn c1(&self) -> PathBuf {
-        self.bundle("c1", 1, &[Deb::new("ep-app", "1.0")], &["ep-app"])
+        self.debs("c1", 1, &[Deb::new("ep-app", "1.0")], &["ep-app"])
     }
 
     fn c2(&self) -> PathBuf {
-        self.bundle(
+        self.debs(
             "c2",
             2,
             &[Deb::new("ep-app", "2.0"), Deb::new("ep-dep", "1.0")],
@@ -104,7 +85,7 @@ fn health_conf(node_dir: &Path) -> String {
 
 #[test]
 fn failed_health_check_rolls_back_packages_and_refuses_the_cycle() {
-    let f = Fleet::new("rb-health");
+    let f = fleet("rb-health");
     let dir = f.dir.join("n");
     let node = f.node_at(
         &dir,
@@ -151,7 +132,7 @@ fn health_url_must_answer_2xx() {
             let _ = s.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
         }
     });
-    let f = Fleet::new("rb-url");
+    let f = fleet("rb-url");
     let node = f.node_at(
         &f.dir.join("n"),
         &format!("snapshot = \"packages\"\nhealth_url = \"http://127.0.0.1:{port}/health\"\nhealth_timeout = 2\n"),
@@ -167,7 +148,7 @@ fn health_url_must_answer_2xx() {
 
 #[test]
 fn manual_rollback_is_idempotent_and_survives_a_kill() {
-    let f = Fleet::new("rb-manual");
+    let f = fleet("rb-manual");
     let node = f.node_at(&f.dir.join("n"), "snapshot = \"packages\"\n");
     let c2 = f.c2();
     apply(&node, &f.c1()).expect(0);
@@ -196,7 +177,7 @@ fn manual_rollback_is_idempotent_and_survives_a_kill() {
 
 #[test]
 fn signed_orders_roll_back_refuse_and_halt() {
-    let f = Fleet::new("rb-order");
+    let f = fleet("rb-order");
     let c1 = f.c1();
     let c2 = f.c2();
     let node = f.node_at(&f.dir.join("n"), "snapshot = \"packages\"\n");
@@ -238,7 +219,7 @@ fn signed_orders_roll_back_refuse_and_halt() {
     apply(&fresh, &c2).expect(4);
 
     // A halt order stops nodes that have not started the cycle.
-    let c3 = f.bundle("c3", 3, &[Deb::new("ep-app", "3.0")], &[]);
+    let c3 = f.debs("c3", 3, &[Deb::new("ep-app", "3.0")], &[]);
     let halt = f.order(&f.key, "halt", VARIANT, "c3");
     fresh
         .agent(&["rollback", "--order", halt.to_str().unwrap()])
@@ -283,7 +264,7 @@ fn with_path(node: &Node, bin: &Path, args: &[&str]) -> Run {
 
 #[test]
 fn lvm_thin_and_timeshift_command_lines() {
-    let f = Fleet::new("rb-lvm");
+    let f = fleet("rb-lvm");
     let c1 = f.c1();
     for backend in ["lvm-thin", "timeshift"] {
         let dir = f.dir.join(backend);
@@ -343,7 +324,7 @@ fn loop_btrfs(dir: &Path) -> Option<PathBuf> {
 
 #[test]
 fn btrfs_snapshot_restores_the_old_root() {
-    let f = Fleet::new("rb-btrfs");
+    let f = fleet("rb-btrfs");
     let Some(mnt) = loop_btrfs(&f.dir.path) else {
         return;
     };

@@ -408,3 +408,81 @@ pub fn rpm_version(root: &Path, name: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 pub mod faulty_http;
+
+/// A test fleet: a scratch dir, a release key pair, and nodes of one variant and package manager.
+pub struct Fleet {
+    pub dir: Scratch,
+    pub key: PathBuf,
+    pub public: PathBuf,
+    pub variant: &'static str,
+    /// `apt` nodes get a scratch Debian root (deb_root); `dnf` roots start empty.
+    pub package_manager: &'static str,
+}
+
+impl Fleet {
+    pub fn new(tag: &str, variant: &'static str, package_manager: &'static str) -> Fleet {
+        let dir = Scratch::new(tag);
+        let (key, public) = keygen(&dir.join("keys"));
+        Fleet {
+            dir,
+            key,
+            public,
+            variant,
+            package_manager,
+        }
+    }
+
+    /// A node in `dir/name` with `extra` config lines.
+    pub fn node_with(&self, name: &str, extra: &str) -> Node {
+        let conf = format!("package_manager = \"{}\"\n{extra}", self.package_manager);
+        let node = Node::new(&self.dir.join(name), self.variant, &self.public, &conf);
+        if self.package_manager == "apt" {
+            deb_root(&node.root);
+        }
+        node
+    }
+
+    pub fn node(&self, name: &str) -> Node {
+        self.node_with(name, "")
+    }
+
+    /// Build `dir/CYCLE.epb` from the packages in `pkgs` with extra build flags.
+    pub fn build_dir(&self, cycle: &str, seq: u64, pkgs: &Path, extra: &[&str]) -> (PathBuf, Run) {
+        let out = self.dir.join(format!("{cycle}.epb"));
+        let r = build_bundle(&self.key, self.variant, cycle, seq, &out, &[pkgs], extra);
+        (out, r)
+    }
+
+    /// Make the packages with `make` into `dir/pkgs-CYCLE`, then build the bundle installing
+    /// `install`.
+    pub fn bundle_with(
+        &self,
+        cycle: &str,
+        seq: u64,
+        install: &[&str],
+        make: impl FnOnce(&Path),
+    ) -> PathBuf {
+        let pkgs = self.dir.join(format!("pkgs-{cycle}"));
+        make(&pkgs);
+        let extra: Vec<&str> = install.iter().flat_map(|i| ["--install", i]).collect();
+        self.build_dir(cycle, seq, &pkgs, &extra).0
+    }
+
+    /// A bundle of test .debs.
+    pub fn debs(&self, cycle: &str, seq: u64, debs: &[Deb], install: &[&str]) -> PathBuf {
+        self.bundle_with(cycle, seq, install, |p| {
+            for d in debs {
+                d.build(p);
+            }
+        })
+    }
+
+    /// A bundle of test .rpms.
+    pub fn rpms(&self, cycle: &str, seq: u64, rpms: &[Rpm], install: &[&str]) -> PathBuf {
+        self.bundle_with(cycle, seq, install, |p| {
+            for r in rpms {
+                r.build(p);
+            }
+        })
+    }
+}
