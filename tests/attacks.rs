@@ -923,3 +923,24 @@ fn staging_without_free_space_defers_before_writing() {
     refused(r, 5, "deferred", "not enough free space");
     assert_eq!(deb_version(&node.root, "ep-alpha"), None);
 }
+
+/// A node baked with only the root key picks up the key list from a USB stick with `import`,
+/// and the revocation it carries later, without any `keys --import` by hand.
+#[test]
+fn key_list_travels_on_the_usb_stick_with_import() {
+    let a = Attack::new("keylist-usb");
+    let node = a.root_node();
+    let pa = key_file("release-a", "pub");
+    a.key_cmd(&["add", "--pub", pa.to_str().unwrap(), "--name", "release-a"])
+        .expect(0);
+    let pkgs = a.pkgs("p", &[("ep-alpha", "1.0")]);
+    let usb = a.join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    let bundle = a.bundle("b.epb", &["release-a"], 1, &pkgs, &[]);
+    std::fs::copy(&bundle, usb.join("b.epb")).unwrap();
+    // Without the key list the bundle's signer is unknown to the node.
+    node.agent(&["import", usb.to_str().unwrap()]).expect(3);
+    std::fs::copy(a.join("keylist"), usb.join("keylist")).unwrap();
+    node.agent(&["import", usb.to_str().unwrap()]).expect(0);
+    assert!(node.state_dir.join("keylist").exists());
+}

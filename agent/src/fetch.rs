@@ -81,7 +81,7 @@ pub fn main(config: &crate::config::Config, rest: &[std::ffi::OsString]) -> Resu
             _ => return Err(Error::usage("usage: edgepatch fetch [--budget DURATION]")),
         }
     }
-    let trusted = crate::run::trusted_keys(config)?;
+    let trusted = crate::run::trusted_keys(config, &[], true)?;
     let clock = crate::clock::from_env();
     let ctx = Ctx {
         config,

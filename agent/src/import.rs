@@ -29,7 +29,7 @@ pub fn main(config: &Config, rest: &[OsString]) -> Result<()> {
     let [dir] = rest else {
         return Err(Error::usage("usage: edgepatch import DIR"));
     };
-    let trusted = crate::run::trusted_keys(config)?;
+    let trusted = crate::run::trusted_keys(config, &[std::path::PathBuf::from(dir)], false)?;
     let clock = crate::clock::from_env();
     let ctx = Ctx {
         config,
