@@ -460,7 +460,7 @@ printf '%-50s %s\n' "x86_64 apply ${BUNDLE_MB} MB bundle: peak RSS, +apt/dpkg" "
 printf '%-50s %s\n' "x86_64 apply ${BUNDLE_MB} MB bundle: wall" "$APPLY_S s (verify, stage, apt-get install)"
 printf '%-50s %s\n' "x86_64 start: edgepatch --version (best of 10)" "$START_VERSION ms"
 printf '%-50s %s\n' "x86_64 start: edgepatch status (best of 10, warm)" "$START_STATUS ms"
-[ "$COLD" = 1 ] && printf '%-50s %s\n' "x86_64 start: edgepatch status (page cache dropped)" "$START_COLD ms"
+[ "$COLD" = 1 ] && printf '%-50s %s\n' "x86_64 start: edgepatch status (cold page cache)" "$START_COLD ms"
 [ -n "$QEMU_NOTE" ] && echo "$QEMU_NOTE"
 echo
 

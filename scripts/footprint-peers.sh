@@ -101,13 +101,13 @@ for peer in "${PEERS[@]}"; do
     pkg=${peer%%:*} bin=${peer#*:}
     cand=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
     if [ -z "$cand" ] || [ "$cand" = "(none)" ]; then
-        rows+=("$(printf '%-28s %s' "$pkg" "not in this apt's sources (apt-cache policy: no candidate)")")
+        rows+=("$(printf '%-32s %s' "$pkg" "not in this apt's sources (apt-cache policy: no candidate)")")
         continue
     fi
     say "$pkg $cand"
     libs=$(lib_closure "$pkg")
     # shellcheck disable=SC2086
-    download "$pkg" $libs || { rows+=("$(printf '%-28s %s' "$pkg" "download failed")"); continue; }
+    download "$pkg" $libs || { rows+=("$(printf '%-32s %s' "$pkg" "download failed")"); continue; }
     root="$WORK/root-$pkg"
     mkdir -p "$root"
     for p in "$pkg" $libs; do
@@ -117,7 +117,7 @@ for peer in "${PEERS[@]}"; do
     deb=$(debfile "$pkg" | head -n1)
     isize=$(dpkg-deb -f "$deb" Installed-Size)
     if [ ! -f "$root$bin" ]; then
-        rows+=("$(printf '%-28s %s' "$pkg $cand" "no $bin in the package")")
+        rows+=("$(printf '%-32s %s' "$pkg $cand" "no $bin in the package")")
         continue
     fi
     bsize=$(stat -c %s "$root$bin")
@@ -161,7 +161,7 @@ for peer in "${PEERS[@]}"; do
         note+=" from-host=$fromhost"
         say "$pkg: resolved from this host (same Debian release): $(printf '%s\n' "${paths[@]}" | grep -v "^$root/" | xargs -n1 basename | tr '\n' ' ')"
     fi
-    rows+=("$(printf '%-28s %11s %5s %12s %12s %10s%s' "$pkg $cand" "$bsize" "$nlibs" "$cbytes" \
+    rows+=("$(printf '%-32s %11s %5s %12s %12s %10s%s' "$pkg $cand" "$bsize" "$nlibs" "$cbytes" \
         "$((bsize + cbytes))" "$((isize * 1024))" "$note")")
 done
 
@@ -170,18 +170,18 @@ agent_row() { # label path
         local s
         s=$(stat -c %s "$2")
         if file "$2" | grep -q 'static'; then
-            printf '%-28s %11s %5s %12s %12s %10s' "$1" "$s" 0 0 "$s" "-"
+            printf '%-32s %11s %5s %12s %12s %10s' "$1" "$s" 0 0 "$s" "-"
         else
-            printf '%-28s %11s %s' "$1" "$s" "NOT STATIC: $(file -b "$2")"
+            printf '%-32s %11s %s' "$1" "$s" "NOT STATIC: $(file -b "$2")"
         fi
     else
-        printf '%-28s %s' "$1" "not built ($2)"
+        printf '%-32s %s' "$1" "not built ($2)"
     fi
 }
 
 echo
 echo "installed footprint, Debian $(cat /etc/debian_version) $ARCH packages vs the edgepatch agent"
-printf '%-28s %11s %5s %12s %12s %10s\n' "package version" "binary B" "libs" "closure B" "total B" "inst-size"
+printf '%-32s %11s %5s %12s %12s %10s\n' "package version" "binary B" "libs" "closure B" "total B" "inst-size"
 printf '%s\n' "${rows[@]}"
 agent_row "edgepatch (static, no TLS)" "$AGENT"
 echo
