@@ -25,7 +25,7 @@ BUILD_RUNS=${BENCH_BUILD_RUNS:-2}
 TARGET=x86_64-unknown-linux-musl
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-for tool in dpkg-deb sha256sum gpg tar /usr/bin/time; do
+for tool in dpkg-deb dpkg-scanpackages sha256sum gpg tar /usr/bin/time; do
     command -v "$tool" >/dev/null || {
         echo "bench: missing $tool (run scripts/test-deps.sh)" >&2
         exit 1
@@ -92,12 +92,15 @@ for r in $(seq 1 "$BUILD_RUNS"); do
 done
 best_seed=""
 for r in $(seq 1 "$BUILD_RUNS"); do
-    rm -f "$W/seed/bundle.tar.gz" "$W/seed/SHA256SUMS" "$W/seed/bundle.tar.gz.sig"
+    rm -f "$W/seed/bundle.tar.gz" "$W/seed/SHA256SUMS" "$W/seed/bundle.tar.gz.sig" "$W/pkgs/Packages"
     mkdir -p "$W/seed"
     warm "$W"/pkgs/*.deb
     s=$(now_ns)
     (
         cd "$W"
+        # The seed's build script writes repo metadata (createrepo_c) before it tars the dir; the
+        # Debian equivalent is dpkg-scanpackages. Our builder writes its Packages file too.
+        (cd pkgs && dpkg-scanpackages --multiversion . /dev/null >Packages 2>/dev/null) &&
         tar czf seed/bundle.tar.gz pkgs/ &&
             (cd seed && sha256sum bundle.tar.gz >SHA256SUMS) &&
             gpg --batch --yes --quiet --detach-sign seed/bundle.tar.gz
@@ -145,3 +148,24 @@ printf '%-44s %11ss %11ss %8sx  %s\n' "wall time" "$(secs "$best_build")" "$(sec
 printf '%-44s %12s %12s %9s  %s\n' "output bytes" "$OURS_BYTES" "$SEED_BYTES" \
     "$(awk -v a="$OURS_BYTES" -v b="$SEED_BYTES" 'BEGIN { printf "%.4f", a / b }')" "<= 1 (ours no bigger)"
 printf '%-44s %12s\n' "output bytes, ours minus seed" "$((OURS_BYTES - SEED_BYTES))"
+
+# --- (c) sizes on real Debian packages (already xz-compressed inside), if a corpus is given ------
+# CORPUS=DIR (e.g. the cycle-2 dir written by ../shared/corpus/debian-cycles.sh): the same seed
+# pipeline (Packages + tar czf + SHA256SUMS + detached signature) against our bundle.
+if [ -n "${CORPUS:-}" ] && [ -d "$CORPUS" ]; then
+    rm -rf "$W/real" && mkdir -p "$W/real/pkgs" && cp "$CORPUS"/*.deb "$W/real/pkgs/"
+    "$BUILDER" build --key "$W/keys/edgepatch.key" --variant bench-amd64 --cycle real \
+        --sequence 1 --out "$W/real/bundle.epb" "$W/real/pkgs" >/dev/null
+    (
+        cd "$W/real" &&
+            (cd pkgs && dpkg-scanpackages --multiversion . /dev/null >Packages 2>/dev/null) &&
+            tar czf bundle.tar.gz pkgs/ && sha256sum bundle.tar.gz >SHA256SUMS &&
+            gpg --batch --yes --quiet --detach-sign bundle.tar.gz
+    )
+    R_OURS=$(stat -c %s "$W/real/bundle.epb")
+    R_SEED=$(du -cb "$W/real/bundle.tar.gz" "$W/real/SHA256SUMS" "$W/real/bundle.tar.gz.sig" | tail -n1 | cut -f1)
+    echo
+    printf '%-44s %12s %12s %9s  %s\n' "(c) real packages: $(ls "$CORPUS"/*.deb | wc -l) .debs" "builder" "tar+sha+gpg" "ratio" "goal"
+    printf '%-44s %12s %12s %9s  %s\n' "output bytes" "$R_OURS" "$R_SEED" \
+        "$(awk -v a="$R_OURS" -v b="$R_SEED" 'BEGIN { printf "%.4f", a / b }')" "<= 1 (ours no bigger)"
+fi
