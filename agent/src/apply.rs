@@ -307,7 +307,10 @@ fn reissued_policy(ctx: &Ctx, bundle: &verify::Verified) -> Option<Vec<(String, 
             continue;
         }
         let doc = match std::fs::metadata(&path) {
-            Ok(m) if m.len() <= crate::signed::MAX_DOC as u64 => std::fs::read(&path).ok()?,
+            Ok(m) if m.len() <= crate::signed::MAX_DOC as u64 => match std::fs::read(&path) {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
             _ => continue,
         };
         let rec = match crate::signed::open(&doc, "edgepatch-policy", ctx.trusted, 1) {
