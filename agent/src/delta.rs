@@ -30,13 +30,19 @@
 //! uncompressed size of changed packages. The builder computes the rebuilt file's size and sha256
 //! with these same functions and writes them into `Packages` and the signed manifest.
 //! Recipe `raw`: the output is one section patched against the whole base file.
+//! Recipe `deb-gz`: as `deb`, but the data section is diffed with the `gzip -9n` members of both
+//! data.tars expanded (see "Gzip members inside data.tar" below): the node inflates the listed
+//! members of its base (miniz_oxide), patches, and compresses the listed members of the result
+//! back with the system's `gzip -9n` (Essential on Debian) before the usual sha256 check. If that
+//! gzip does not reproduce the builder's bytes the delta is refused as a base problem (the node
+//! fetches the full bundle).
 //!
 //! # Patch format (version 1)
 //!
 //! ```text
 //! magic     8  "EPDELTA1"
-//! recipe    1  0 = raw, 1 = deb
-//! count     1  number of sections (raw: 1, deb: 2 = control.tar, data.tar)
+//! recipe    1  0 = raw, 1 = deb, 2 = deb-gz
+//! count     1  number of sections (raw: 1, deb and deb-gz: 2 = control.tar, data.tar)
 //! count x 41   section headers:
 //!   source  1  0 = nothing, 1 = whole base file, 2 = base control.tar, 3 = base data.tar
 //!   old_len 8  length of the source stream (checked when it is read)
@@ -44,6 +50,11 @@
 //!   ctrl    8  stored length of the control stream     (all u64 little endian)
 //!   diff    8  stored length of the diff stream
 //!   extra   8  stored length of the extra stream
+//! deb-gz only, the gzip map:
+//!   data_len 8 length of the data.tar the data section finally produces
+//!   old      varint count, then varint deltas: tar header offsets in the base data.tar to expand
+//!   new      varint count, then varint deltas: header offsets in the patched (expanded) stream
+//!            of the members to compress back (old_len/new_len are the expanded lengths)
 //! then, section by section, the three streams back to back, each raw DEFLATE (miniz_oxide).
 //! ```
 //!
@@ -59,7 +70,10 @@
 //!
 //! Applying streams: three inflaters (about 45 KB each), a 64 KB buffered reader on the old tar
 //! and a 64 KB output buffer; nothing grows with the payload. The patch itself is read from the
-//! staged copy, three cursors into one file.
+//! staged copy, three cursors into one file. Recipe `deb-gz` adds two unlinked scratch files (the
+//! expanded old and new data tars), one inflater for the gzip members, the gzip map (8 bytes per
+//! listed member, at most `MAX_GZ_MEMBERS`) and, while gzip runs, the members' inflated bytes as
+//! files in a scratch directory; still nothing in memory grows with a member's size.
 
 use crate::format::{hex, Entry, EntryKind, Manifest};
 use sha2::{Digest, Sha256};
@@ -77,6 +91,8 @@ const CHUNK: usize = 64 * 1024;
 pub enum Recipe {
     Raw = 0,
     Deb = 1,
+    /// `deb` whose data section is diffed with gzip members expanded (see `GzMap`).
+    DebGz = 2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +117,71 @@ pub struct Section {
 pub struct Header {
     pub recipe: Recipe,
     pub sections: Vec<Section>,
+    /// Recipe `deb-gz` only: which gzip members of the data tars are expanded.
+    pub gz: Option<GzMap>,
+}
+
+/// Recipe `deb-gz`: the data section's streams are data.tars with some gzip members expanded
+/// (`expand_gz`). `old`: tar header offsets in the base data.tar to expand before patching;
+/// `new`: header offsets, in the patched (expanded) stream, of the members to compress back with
+/// `gzip -9n`; `data_len`: length of the real data.tar that gives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GzMap {
+    pub data_len: u64,
+    pub old: Vec<u64>,
+    pub new: Vec<u64>,
+}
+
+/// Most gzip members one patch may list (bounds the agent's memory for the map).
+pub const MAX_GZ_MEMBERS: u64 = 200_000;
+/// Largest inflated gzip member that is expanded (builder rule; the agent refuses larger ones).
+pub const GZ_CAP: u64 = 16 << 20;
+
+impl GzMap {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.data_len.to_le_bytes());
+        for list in [&self.old, &self.new] {
+            put_varint(out, list.len() as u64);
+            let mut prev = 0;
+            for &o in list.iter() {
+                put_varint(out, o - prev);
+                prev = o;
+            }
+        }
+    }
+
+    fn read<R: Read>(r: &mut R) -> Result<GzMap, DeltaError> {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b)
+            .map_err(|_| corrupt("shorter than its header"))?;
+        let data_len = u64::from_le_bytes(b);
+        if data_len > crate::format::MAX_ENTRY_SIZE {
+            return Err(corrupt(format!("length {data_len} out of bounds")));
+        }
+        let mut lists = [Vec::new(), Vec::new()];
+        for list in lists.iter_mut() {
+            let need = |v: Option<u64>| v.ok_or_else(|| corrupt("shorter than its header"));
+            let n = need(get_varint(r)?)?;
+            if n > MAX_GZ_MEMBERS {
+                return Err(corrupt(format!("{n} gzip members listed")));
+            }
+            let mut prev: u64 = 0;
+            for i in 0..n {
+                let d = need(get_varint(r)?)?;
+                // Members do not overlap: each header is at least one block after the last.
+                if i > 0 && d < 512 {
+                    return Err(corrupt("gzip member offsets out of order"));
+                }
+                prev = prev
+                    .checked_add(d)
+                    .filter(|v| *v <= crate::format::MAX_ENTRY_SIZE)
+                    .ok_or_else(|| corrupt("gzip member offset out of bounds"))?;
+                list.push(prev);
+            }
+        }
+        let [old, new] = lists;
+        Ok(GzMap { data_len, old, new })
+    }
 }
 
 /// Why a patch could not be applied. `Corrupt`: the patch (or the old data it met) is not what it
@@ -141,7 +222,11 @@ fn corrupt(m: impl Into<String>) -> DeltaError {
 
 impl Header {
     pub fn len(&self) -> u64 {
-        10 + SECTION_HEADER_LEN * self.sections.len() as u64
+        let mut gz = Vec::new();
+        if let Some(g) = &self.gz {
+            g.encode(&mut gz);
+        }
+        10 + SECTION_HEADER_LEN * self.sections.len() as u64 + gz.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -164,6 +249,15 @@ impl Header {
         match self.recipe {
             Recipe::Raw => lens.iter().sum(),
             Recipe::Deb => deb_len(lens[0], lens[1]),
+            Recipe::DebGz => deb_len(lens[0], self.data_out_len()),
+        }
+    }
+
+    /// Length of the data.tar the data section finally produces.
+    fn data_out_len(&self) -> u64 {
+        match &self.gz {
+            Some(g) => g.data_len,
+            None => self.sections.get(1).map_or(0, |s| s.new_len),
         }
     }
 
@@ -177,6 +271,9 @@ impl Header {
             for v in [s.old_len, s.new_len, s.ctrl_len, s.diff_len, s.extra_len] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
+        }
+        if let Some(g) = &self.gz {
+            g.encode(&mut out);
         }
         out
     }
@@ -192,6 +289,7 @@ impl Header {
         let recipe = match fixed[8] {
             0 => Recipe::Raw,
             1 => Recipe::Deb,
+            2 => Recipe::DebGz,
             r => {
                 return Err(corrupt(format!(
                     "unknown recipe {r}; fetch the full bundle"
@@ -201,7 +299,7 @@ impl Header {
         let count = fixed[9] as usize;
         let want = match recipe {
             Recipe::Raw => 1,
-            Recipe::Deb => 2,
+            Recipe::Deb | Recipe::DebGz => 2,
         };
         if count != want || count > MAX_SECTIONS {
             return Err(corrupt(format!("{count} sections, recipe needs {want}")));
@@ -243,7 +341,7 @@ impl Header {
         }
         let ok_sources = match recipe {
             Recipe::Raw => matches!(sections[0].source, Source::Whole | Source::Empty),
-            Recipe::Deb => {
+            Recipe::Deb | Recipe::DebGz => {
                 matches!(sections[0].source, Source::DebControl | Source::Empty)
                     && matches!(sections[1].source, Source::DebData | Source::Empty)
             }
@@ -251,7 +349,20 @@ impl Header {
         if !ok_sources {
             return Err(corrupt("section sources do not fit the recipe"));
         }
-        let h = Header { recipe, sections };
+        let gz = match recipe {
+            Recipe::DebGz => Some(GzMap::read(r)?),
+            _ => None,
+        };
+        if let Some(g) = &gz {
+            if sections[1].source == Source::Empty && !g.old.is_empty() {
+                return Err(corrupt("gzip members listed for an empty source"));
+            }
+        }
+        let h = Header {
+            recipe,
+            sections,
+            gz,
+        };
         if h.output_len() > max_output {
             return Err(corrupt(format!(
                 "would produce {} bytes, limit {max_output}",
@@ -616,11 +727,13 @@ where
 }
 
 /// Apply a whole patch file. `source` opens the old stream a section needs (the returned file is
-/// read from offset 0 and must be exactly `old_len` long). Writes the complete output to `out`.
+/// read from offset 0). Writes the complete output to `out`. Recipe `deb-gz` expands the old
+/// data.tar and compresses the patched one back through unlinked scratch files in `tmp_dir`.
 pub fn apply_patch(
     patch: &File,
     header: &Header,
     source: &mut dyn FnMut(Source) -> Result<File, DeltaError>,
+    tmp_dir: &Path,
     out: &mut dyn Write,
 ) -> Result<(), DeltaError> {
     let actual = patch.metadata()?.len();
@@ -631,18 +744,35 @@ pub fn apply_patch(
         )));
     }
     let mut offset = header.len();
+    let data_len = header.data_out_len();
     for (i, sec) in header.sections.iter().enumerate() {
-        if header.recipe == Recipe::Deb {
+        // Recipe deb-gz, data section: expanded old in, expanded new out.
+        let gz = header.gz.as_ref().filter(|_| i == 1);
+        if header.recipe != Recipe::Raw {
             if i == 0 {
                 out.write_all(&deb_prefix(sec.new_len))?;
             } else {
-                out.write_all(&deb_middle(header.sections[0].new_len, sec.new_len))?;
+                out.write_all(&deb_middle(header.sections[0].new_len, data_len))?;
             }
         }
         let mut old = match sec.source {
             Source::Empty => None,
             s => {
-                let f = source(s)?;
+                let mut f = source(s)?;
+                if let Some(g) = gz {
+                    let len = f.metadata()?.len();
+                    let mut x = scratch(tmp_dir, "old-expanded")?;
+                    let mut w = io::BufWriter::with_capacity(CHUNK, &mut x);
+                    expand_gz(
+                        &mut BufReader::with_capacity(CHUNK, &mut f),
+                        len,
+                        &g.old,
+                        &mut w,
+                    )?;
+                    w.flush()?;
+                    drop(w);
+                    f = x;
+                }
                 let len = f.metadata()?.len();
                 if len != sec.old_len {
                     return Err(DeltaError::Base(format!(
@@ -659,7 +789,24 @@ pub fn apply_patch(
         offset += sec.diff_len;
         let mut extra = stream(patch, offset, sec.extra_len)?;
         offset += sec.extra_len;
-        apply_section(sec, old.as_mut(), &mut ctrl, &mut diff, &mut extra, out)?;
+        match gz {
+            None => apply_section(sec, old.as_mut(), &mut ctrl, &mut diff, &mut extra, out)?,
+            Some(g) => {
+                let mut x = scratch(tmp_dir, "new-expanded")?;
+                let mut w = io::BufWriter::with_capacity(CHUNK, &mut x);
+                apply_section(sec, old.as_mut(), &mut ctrl, &mut diff, &mut extra, &mut w)?;
+                w.flush()?;
+                drop(w);
+                drop(old.take());
+                let n = compress_gz(&mut x, sec.new_len, &g.new, tmp_dir, out)?;
+                if n != g.data_len {
+                    return Err(corrupt(format!(
+                        "data.tar is {n} bytes, header says {}",
+                        g.data_len
+                    )));
+                }
+            }
+        }
         for (s, name) in [
             (&mut ctrl, "control"),
             (&mut diff, "diff"),
@@ -669,12 +816,235 @@ pub fn apply_patch(
                 return Err(corrupt(format!("{name} stream has bytes left over")));
             }
         }
-        if header.recipe == Recipe::Deb && i == 1 {
-            out.write_all(deb_suffix(sec.new_len))?;
+        if header.recipe != Recipe::Raw && i == 1 {
+            out.write_all(deb_suffix(data_len))?;
         }
     }
     out.flush()?;
     Ok(())
+}
+
+/// A read-write file in `dir` that is already unlinked (gone when dropped).
+fn scratch(dir: &Path, tag: &str) -> io::Result<File> {
+    let path = dir.join(format!(".edgepatch-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gzip members inside data.tar (recipe deb-gz).
+//
+// Man pages and changelogs in a .deb are `gzip -9n` files: a small change to the text changes
+// every compressed byte after it. The builder lists the members whose content `gzip -9n`
+// reproduces byte for byte; both data tars are diffed with those members *expanded*: the content
+// and padding of each become its inflated length (u64 LE) and the inflated bytes (tar headers stay
+// as they are). The node expands the old tar the same way (pure inflate, any gzip member of the
+// plain form), patches, and compresses the listed members back with the system's `gzip -9n`.
+// Everything streams through files; the memory is one inflater and a few 64 KB buffers.
+
+/// The size field of a tar header (octal, as GNU tar and dpkg write it for small files).
+pub fn tar_size(h: &[u8]) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut digits = false;
+    for &b in h.get(124..136)? {
+        match b {
+            b'0'..=b'7' => {
+                v = v.checked_mul(8)?.checked_add(u64::from(b - b'0'))?;
+                digits = true;
+            }
+            b' ' | 0 if digits => break,
+            b' ' => {}
+            _ => return None,
+        }
+    }
+    digits.then_some(v)
+}
+
+/// Zero bytes that pad `n` bytes of tar content to a block.
+pub fn tar_pad(n: u64) -> u64 {
+    (512 - n % 512) % 512
+}
+
+fn copy_n<R: Read + ?Sized, W: Write + ?Sized>(
+    r: &mut R,
+    w: &mut W,
+    n: u64,
+) -> Result<(), DeltaError> {
+    let got = io::copy(&mut r.take(n), w)?;
+    if got != n {
+        return Err(corrupt("stream ends inside a gzip-expanded tar"));
+    }
+    Ok(())
+}
+
+/// Inflate one gzip member of `len` bytes in the plain form `gzip -n` writes (no optional header
+/// fields) from `r` into `out`; returns the inflated length. Refuses more than `GZ_CAP` bytes.
+pub fn gunzip_member<R: Read, W: Write + ?Sized>(
+    r: &mut R,
+    len: u64,
+    out: &mut W,
+) -> Result<u64, DeltaError> {
+    let mut take = r.take(len);
+    let mut head = [0u8; 10];
+    take.read_exact(&mut head)
+        .map_err(|_| corrupt("gzip member shorter than its header"))?;
+    if head[..4] != [0x1f, 0x8b, 8, 0] {
+        return Err(corrupt("not a plain gzip member"));
+    }
+    let mut inf = Inflate::new(&mut take);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = inf.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+        if n > GZ_CAP {
+            return Err(corrupt("gzip member inflates past the limit"));
+        }
+        out.write_all(&buf[..k])?;
+    }
+    let left = (inf.end - inf.start) as u64 + io::copy(&mut inf.inner, &mut io::sink())?;
+    if left != 8 {
+        return Err(corrupt("gzip member does not end after its trailer"));
+    }
+    Ok(n)
+}
+
+/// Expand the gzip members whose tar headers start at `offsets` (increasing) in the tar `r`
+/// (`len` bytes) into `w`. Returns where those headers are in the output.
+pub fn expand_gz<R: Read + Seek, W: Write + ?Sized>(
+    r: &mut R,
+    len: u64,
+    offsets: &[u64],
+    w: &mut W,
+) -> Result<Vec<u64>, DeltaError> {
+    r.seek(SeekFrom::Start(0))?;
+    let (mut pos, mut opos) = (0u64, 0u64);
+    let mut outs = Vec::with_capacity(offsets.len());
+    for &off in offsets {
+        if off < pos || off.saturating_add(512) > len {
+            return Err(corrupt("gzip member offset outside the base"));
+        }
+        copy_n(r, w, off - pos)?;
+        opos += off - pos;
+        let mut h = [0u8; 512];
+        r.read_exact(&mut h)?;
+        w.write_all(&h)?;
+        outs.push(opos);
+        let s = tar_size(&h).ok_or_else(|| corrupt("listed gzip member has no tar header"))?;
+        let end = (off + 512).saturating_add(s).saturating_add(tar_pad(s));
+        if s < 18 || end > len {
+            return Err(corrupt("listed gzip member runs past the base"));
+        }
+        r.seek(SeekFrom::Start(off + 512 + s - 4))?;
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b)?;
+        let l = u64::from(u32::from_le_bytes(b));
+        if l > GZ_CAP {
+            return Err(corrupt("gzip member inflates past the limit"));
+        }
+        r.seek(SeekFrom::Start(off + 512))?;
+        w.write_all(&l.to_le_bytes())?;
+        if gunzip_member(r, s, w)? != l {
+            return Err(corrupt("gzip member length does not match its trailer"));
+        }
+        r.seek(SeekFrom::Start(end))?;
+        pos = end;
+        opos += 512 + 8 + l;
+    }
+    copy_n(r, w, len - pos)?;
+    Ok(outs)
+}
+
+/// Compress files with `gzip -9n` (each `F` becomes `F.gz`), a few hundred per run.
+pub fn gzip_files(paths: &[PathBuf]) -> Result<(), DeltaError> {
+    for chunk in paths.chunks(256) {
+        crate::cmd::Cmd::new("gzip")
+            .args(["-9n", "--"])
+            .args(chunk)
+            .run()
+            .map_err(DeltaError::Base)?;
+    }
+    Ok(())
+}
+
+/// A scratch directory removed with its content when dropped.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Undo `expand_gz`: copy the expanded stream `x` (`x_len` bytes) to `out`, compressing the
+/// members whose headers are at `offsets` back with `gzip -9n`. Returns the bytes written.
+pub fn compress_gz<W: Write + ?Sized>(
+    x: &mut File,
+    x_len: u64,
+    offsets: &[u64],
+    tmp_dir: &Path,
+    out: &mut W,
+) -> Result<u64, DeltaError> {
+    let dir = ScratchDir(tmp_dir.join(format!(".edgepatch-gz-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir(&dir.0)?;
+    let mut r = BufReader::with_capacity(CHUNK, x);
+    // Pass 1: every listed member's inflated bytes into its own file; then gzip them all.
+    let mut members = Vec::with_capacity(offsets.len());
+    let mut files = Vec::with_capacity(offsets.len());
+    let mut pos = 0u64;
+    for (k, &off) in offsets.iter().enumerate() {
+        if off < pos || off.saturating_add(520) > x_len {
+            return Err(corrupt("gzip member offset outside the output"));
+        }
+        r.seek(SeekFrom::Start(off))?;
+        let mut h = [0u8; 520];
+        r.read_exact(&mut h)?;
+        let s = tar_size(&h).ok_or_else(|| corrupt("listed gzip member has no tar header"))?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[512..]);
+        let l = u64::from_le_bytes(b);
+        if l > GZ_CAP || off + 520 + l > x_len {
+            return Err(corrupt("expanded gzip member out of bounds"));
+        }
+        let p = dir.0.join(k.to_string());
+        copy_n(&mut r, &mut File::create(&p)?, l)?;
+        files.push(p);
+        members.push((off, s, l));
+        pos = off + 520 + l;
+    }
+    gzip_files(&files)?;
+    // Pass 2: the tar with each member's gzip bytes in place of its expansion.
+    r.seek(SeekFrom::Start(0))?;
+    let (mut pos, mut written) = (0u64, 0u64);
+    for ((off, s, l), p) in members.into_iter().zip(&files) {
+        copy_n(&mut r, out, off + 512 - pos)?;
+        written += off + 512 - pos;
+        let gz = p.with_extension("gz");
+        let mut f = File::open(&gz)?;
+        if f.metadata()?.len() != s {
+            return Err(DeltaError::Base(
+                "gzip -9n on this node does not reproduce the package's gzip files".into(),
+            ));
+        }
+        copy_n(&mut f, out, s)?;
+        out.write_all(&[0u8; 512][..tar_pad(s) as usize])?;
+        let _ = std::fs::remove_file(&gz);
+        written += s + tar_pad(s);
+        pos = off + 520 + l;
+        r.seek(SeekFrom::Start(pos))?;
+    }
+    copy_n(&mut r, out, x_len - pos)?;
+    Ok(written + x_len - pos)
 }
 
 /// A writer that hashes and counts what passes through.
@@ -758,7 +1128,7 @@ pub fn rebuild(
         }
     };
     let mut w = HashingWriter::new(io::BufWriter::with_capacity(CHUNK, out));
-    apply_patch(&patch, &header, &mut source, &mut w)?;
+    apply_patch(&patch, &header, &mut source, tmp_dir, &mut w)?;
     let (buf, written, sum) = w.finish();
     let f = buf
         .into_inner()
@@ -933,7 +1303,12 @@ mod tests {
             streams.extend(d);
             streams.extend(e);
         }
-        let mut out = Header { recipe, sections }.to_bytes();
+        let mut out = Header {
+            recipe,
+            sections,
+            gz: None,
+        }
+        .to_bytes();
         out.extend(streams);
         out
     }
@@ -957,7 +1332,7 @@ mod tests {
         let header = Header::read(&mut (&pf), 1 << 30)?;
         let mut out = Vec::new();
         let o = dir.join("o");
-        let r = apply_patch(&pf, &header, &mut |_| Ok(File::open(&o)?), &mut out);
+        let r = apply_patch(&pf, &header, &mut |_| Ok(File::open(&o)?), &dir, &mut out);
         std::fs::remove_dir_all(&dir).unwrap();
         r.map(|_| out)
     }
@@ -1125,6 +1500,7 @@ mod tests {
                 diff_len: 0,
                 extra_len: 0,
             }],
+            gz: None,
         };
         let b = h.to_bytes();
         assert_eq!(Header::read(&mut &b[..], 1000).unwrap(), h);
@@ -1175,6 +1551,95 @@ mod tests {
             );
             assert_eq!(run(&patch, b"").unwrap(), whole);
         }
+    }
+
+    /// A tar (by `tar`) with a `gzip -9n` member: expand_gz then compress_gz gives it back.
+    #[test]
+    fn gzip_members_expand_and_compress_back() {
+        let dir = tmpdir("gz");
+        let text: String = (0..4000)
+            .map(|i| format!("line {i} of a man page\n"))
+            .collect();
+        std::fs::write(dir.join("page.1"), &text).unwrap();
+        std::fs::write(dir.join("plain"), b"not compressed").unwrap();
+        crate::cmd::Cmd::new("gzip")
+            .args(["-9n"])
+            .arg(dir.join("page.1"))
+            .run()
+            .unwrap();
+        crate::cmd::Cmd::new("tar")
+            .args(["--format=gnu", "-cf"])
+            .arg(dir.join("t.tar"))
+            .arg("-C")
+            .arg(&dir)
+            .args(["plain", "page.1.gz"])
+            .run()
+            .unwrap();
+        let tar = std::fs::read(dir.join("t.tar")).unwrap();
+        // The second member's header follows the first's (one block of content).
+        let off = 1024u64;
+        assert_eq!(&tar[off as usize..off as usize + 9], b"page.1.gz");
+        let mut x = Vec::new();
+        let outs = expand_gz(&mut io::Cursor::new(&tar), tar.len() as u64, &[off], &mut x).unwrap();
+        assert_eq!(outs, vec![off]);
+        let l = u64::from_le_bytes(
+            x[off as usize + 512..off as usize + 520]
+                .try_into()
+                .unwrap(),
+        );
+        assert_eq!(l, text.len() as u64);
+        std::fs::write(dir.join("x"), &x).unwrap();
+        let mut xf = File::open(dir.join("x")).unwrap();
+        let mut back = Vec::new();
+        let n = compress_gz(&mut xf, x.len() as u64, &outs, &dir, &mut back).unwrap();
+        assert_eq!(n, tar.len() as u64);
+        assert_eq!(back, tar);
+        // A listed offset that is not a gzip member is refused.
+        let e = expand_gz(
+            &mut io::Cursor::new(&tar),
+            tar.len() as u64,
+            &[0],
+            &mut Vec::new(),
+        );
+        assert!(matches!(e, Err(DeltaError::Corrupt(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn gz_map_round_trips_in_the_header() {
+        let h = Header {
+            recipe: Recipe::DebGz,
+            sections: vec![
+                Section {
+                    source: Source::DebControl,
+                    old_len: 10,
+                    new_len: 10,
+                    ctrl_len: 0,
+                    diff_len: 0,
+                    extra_len: 0,
+                },
+                Section {
+                    source: Source::DebData,
+                    old_len: 5000,
+                    new_len: 6000,
+                    ctrl_len: 0,
+                    diff_len: 0,
+                    extra_len: 0,
+                },
+            ],
+            gz: Some(GzMap {
+                data_len: 3072,
+                old: vec![0, 1024],
+                new: vec![512, 2048, 100_000],
+            }),
+        };
+        let b = h.to_bytes();
+        assert_eq!(b.len() as u64, h.len());
+        assert_eq!(Header::read(&mut &b[..], 1 << 20).unwrap(), h);
+        // Overlapping offsets are refused.
+        let mut bad = h.clone();
+        bad.gz.as_mut().unwrap().new = vec![512, 600];
+        assert!(Header::read(&mut &bad.to_bytes()[..], 1 << 20).is_err());
     }
 
     /// Bounded buffers: a 48 MiB output through the applier allocates nothing that grows with it.

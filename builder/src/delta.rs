@@ -14,8 +14,15 @@
 //! - anything else (new packages, .rpm whose signatures forbid repacking): the file itself.
 //!
 //! Diffing: suffix array (divsufsort) + the bsdiff scan from the `bidiff` crate, control, diff and
-//! extra bytes kept in three streams, each raw DEFLATE level 9 (the agent inflates with the
-//! miniz_oxide it already has). Packages are diffed in parallel, largest first.
+//! extra bytes kept in three streams, each raw DEFLATE at miniz's level 10 (the agent inflates
+//! with the miniz_oxide it already has). Packages are diffed in parallel, largest first.
+//!
+//! Gzip members: man pages and changelogs inside data.tar are `gzip -9n` files whose compressed
+//! bytes change completely with a one-line edit. Regular `*.gz` members of the new data.tar whose
+//! content `gzip -9n` here reproduces byte for byte (and inflates to at most `GZ_CAP`), and every
+//! plain `*.gz` member of the old one, are expanded on both sides before diffing (recipe
+//! `deb-gz`); the patch lists them and the agent recompresses with its system's `gzip -9n`.
+//! On the two-cycle Debian corpus this halved the delta bundle (14.3% -> 7.1% of the full one).
 
 use crate::repo::{Family, Package};
 use anyhow::{anyhow, bail, Context, Result};
@@ -158,7 +165,8 @@ pub fn diff_section(source: Src, old: &[u8], new: &[u8]) -> (Section, Vec<u8>) {
     for c in &controls {
         c.encode(&mut ctrl);
     }
-    let pack = |v: &[u8]| miniz_oxide::deflate::compress_to_vec(v, 9);
+    // Level 10 (miniz "uber"): about 1% smaller than 9 here, still plain DEFLATE for the agent.
+    let pack = |v: &[u8]| miniz_oxide::deflate::compress_to_vec(v, 10);
     let (c, dd, e) = (pack(&ctrl), pack(&diff), pack(&extra));
     let sec = Section {
         source: if old.is_empty() { Src::Empty } else { source },
@@ -181,6 +189,83 @@ struct Planned {
     sha256: [u8; 32],
 }
 
+/// Tar header offsets of the regular `*.gz` members of `tar` worth expanding: plain gzip members
+/// that inflate (within `GZ_CAP`) exactly as the agent's `expand_gz` will. With `reproducible`,
+/// only those whose bytes `gzip -9n` gives back exactly (the node must rebuild them).
+fn gz_members(tar: &[u8], reproducible: bool, tmp: &Path) -> Result<Vec<u64>> {
+    let mut found: Vec<(usize, usize)> = Vec::new();
+    let (mut pos, mut long) = (0usize, None::<Vec<u8>>);
+    while pos + 512 <= tar.len() {
+        let h = &tar[pos..pos + 512];
+        if h.iter().all(|b| *b == 0) {
+            break;
+        }
+        let Some(size) = d::tar_size(h).and_then(|s| usize::try_from(s).ok()) else {
+            break;
+        };
+        let start = pos + 512;
+        let Some(end) = start.checked_add(size).filter(|e| *e <= tar.len()) else {
+            break;
+        };
+        let cut = |b: &[u8]| b[..b.iter().position(|c| *c == 0).unwrap_or(b.len())].to_vec();
+        match h[156] {
+            b'L' => long = Some(cut(&tar[start..end])),
+            b'K' | b'x' | b'g' => {}
+            t => {
+                let name = long.take().unwrap_or_else(|| cut(&h[..100]));
+                if (t == b'0' || t == 0) && name.ends_with(b".gz") && size >= 18 {
+                    found.push((pos, size));
+                }
+            }
+        }
+        pos = end + d::tar_pad(size as u64) as usize;
+    }
+    let mut keep = Vec::new();
+    let mut inflated = Vec::new();
+    for (pos, size) in found {
+        let content = &tar[pos + 512..pos + 512 + size];
+        let mut out = Vec::new();
+        let Ok(n) = d::gunzip_member(&mut &content[..], size as u64, &mut out) else {
+            continue;
+        };
+        let isize = u32::from_le_bytes(content[size - 4..].try_into().expect("4 bytes"));
+        if u64::from(isize) != n {
+            continue;
+        }
+        if reproducible {
+            let pad = d::tar_pad(size as u64) as usize;
+            let padding = &tar[pos + 512 + size..pos + 512 + size + pad];
+            if content[..10] != [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]
+                || padding.iter().any(|b| *b != 0)
+            {
+                continue;
+            }
+            inflated.push((pos, size, out));
+        } else {
+            keep.push(pos as u64);
+        }
+    }
+    if reproducible && !inflated.is_empty() {
+        let dir = tmp.join("gz-check");
+        std::fs::create_dir_all(&dir)?;
+        let mut files = Vec::new();
+        for (k, (_, _, bytes)) in inflated.iter().enumerate() {
+            let p = dir.join(k.to_string());
+            std::fs::write(&p, bytes)?;
+            files.push(p);
+        }
+        d::gzip_files(&files).map_err(|e| anyhow!("{e}"))?;
+        for ((pos, size, _), p) in inflated.iter().zip(&files) {
+            let again = std::fs::read(p.with_extension("gz"))?;
+            if again[..] == tar[pos + 512..pos + 512 + size] {
+                keep.push(*pos as u64);
+            }
+        }
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(keep)
+}
+
 /// Diff one .deb against its base and prove the agent rebuilds the expected bytes from it.
 fn deb_delta(old_deb: &Path, new_deb: &Path) -> Result<Planned> {
     let tmp = tempfile::tempdir()?;
@@ -189,10 +274,42 @@ fn deb_delta(old_deb: &Path, new_deb: &Path) -> Result<Planned> {
     let new_c = member(new_deb, Src::DebControl, tmp.path())?;
     let new_d = member(new_deb, Src::DebData, tmp.path())?;
     let (s0, b0) = diff_section(Src::DebControl, &old_c, &new_c);
-    let (s1, b1) = diff_section(Src::DebData, &old_d, &new_d);
+    // Diff the data tars with their gzip members expanded when there are any.
+    let old_gz = gz_members(&old_d, false, tmp.path())?;
+    let new_gz = gz_members(&new_d, true, tmp.path())?;
+    let (s1, b1, gz) = if old_gz.is_empty() && new_gz.is_empty() {
+        let (s1, b1) = diff_section(Src::DebData, &old_d, &new_d);
+        (s1, b1, None)
+    } else {
+        let expand = |tar: &[u8], list: &[u64]| -> Result<(Vec<u8>, Vec<u64>)> {
+            let mut x = Vec::with_capacity(tar.len() * 2);
+            let offs = d::expand_gz(
+                &mut std::io::Cursor::new(tar),
+                tar.len() as u64,
+                list,
+                &mut x,
+            )
+            .map_err(|e| anyhow!("{}: expanding gzip members: {e}", new_deb.display()))?;
+            Ok((x, offs))
+        };
+        let (old_x, _) = expand(&old_d, &old_gz)?;
+        let (new_x, new_offs) = expand(&new_d, &new_gz)?;
+        let (s1, b1) = diff_section(Src::DebData, &old_x, &new_x);
+        let map = d::GzMap {
+            data_len: new_d.len() as u64,
+            old: if old_d.is_empty() { Vec::new() } else { old_gz },
+            new: new_offs,
+        };
+        (s1, b1, Some(map))
+    };
     let header = Header {
-        recipe: Recipe::Deb,
+        recipe: if gz.is_some() {
+            Recipe::DebGz
+        } else {
+            Recipe::Deb
+        },
         sections: vec![s0, s1],
+        gz,
     };
     let mut patch = header.to_bytes();
     patch.extend(b0);
@@ -215,6 +332,7 @@ fn deb_delta(old_deb: &Path, new_deb: &Path) -> Result<Planned> {
         &pf,
         &parsed,
         &mut |s| Ok(File::open(if s == Src::DebControl { &oc } else { &od })?),
+        tmp.path(),
         &mut out,
     )
     .map_err(|e| anyhow!("{}: own patch does not apply: {e}", new_deb.display()))?;
@@ -380,6 +498,7 @@ pub fn raw_patch(old: &[u8], new: &[u8], out: &mut dyn Write) -> std::io::Result
         &Header {
             recipe: Recipe::Raw,
             sections: vec![sec],
+            gz: None,
         }
         .to_bytes(),
     )?;
