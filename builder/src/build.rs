@@ -157,6 +157,42 @@ pub(crate) enum Source {
     Bytes(Vec<u8>),
 }
 
+/// In a delta bundle, a metadata file the base also has (`Packages`: the same stanzas with new
+/// versions and sums) travels as a raw delta when that is smaller than deflating it.
+fn meta_delta_or_file(
+    base: &crate::delta::Base,
+    name: String,
+    data: Vec<u8>,
+) -> Result<(Entry, Source)> {
+    let (entry, source) = meta_entry(name, data);
+    let Some((old, old_bytes)) = base.file_bytes(&entry.name) else {
+        return Ok((entry, source));
+    };
+    let new_bytes = match &source {
+        Source::Bytes(b) if entry.encoding == Encoding::Raw => b.clone(),
+        Source::Bytes(b) => {
+            miniz_oxide::inflate::decompress_to_vec(b).map_err(|e| anyhow::anyhow!("{e:?}"))?
+        }
+        Source::File(_) => return Ok((entry, source)),
+    };
+    let mut patch = Vec::new();
+    crate::delta::raw_patch(&old_bytes, &new_bytes, &mut patch)?;
+    if patch.len() as u64 >= entry.stored {
+        return Ok((entry, source));
+    }
+    let delta = Entry {
+        name: entry.name.clone(),
+        kind: EntryKind::Delta,
+        encoding: Encoding::Raw,
+        size: entry.size,
+        stored: patch.len() as u64,
+        sha256: entry.sha256,
+        base_sha256: Some(old.sha256),
+        patch_sha256: Some(format::sha256(&patch)),
+    };
+    Ok((delta, Source::Bytes(patch)))
+}
+
 fn meta_entry(name: String, data: Vec<u8>) -> (Entry, Source) {
     let sha = format::sha256(&data);
     let size = data.len() as u64;
@@ -251,10 +287,13 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     packages.sort_by(|a, b| a.name.cmp(&b.name));
 
     // With --base, package entries are planned first: a rebuilt .deb changes Packages.
-    let (pkg_parts, delta_base) = match &args.base {
-        Some(b) => {
-            let base = crate::delta::Base::load(b, &args.base_pool)?;
-            let (parts, db, s) = crate::delta::plan(&base, family, &mut packages, !args.refs_only)?;
+    let base = match &args.base {
+        Some(b) => Some(crate::delta::Base::load(b, &args.base_pool)?),
+        None => None,
+    };
+    let (pkg_parts, delta_base) = match &base {
+        Some(base) => {
+            let (parts, db, s) = crate::delta::plan(base, family, &mut packages, !args.refs_only)?;
             println!(
                 "delta against sequence {}: {} ref(s), {} delta(s) {} bytes, {} file(s) {} bytes (full: {} bytes)",
                 db.sequence, s.refs, s.deltas, s.delta_bytes, s.files, s.file_bytes, s.full_bytes
@@ -265,8 +304,11 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     };
     let mut parts: Vec<(Entry, Source)> = repo::metadata(family, &packages)?
         .into_iter()
-        .map(|m| meta_entry(m.name, m.data))
-        .collect();
+        .map(|m| match &base {
+            Some(b) if !args.refs_only => meta_delta_or_file(b, m.name, m.data),
+            _ => Ok(meta_entry(m.name, m.data)),
+        })
+        .collect::<Result<_>>()?;
     parts.extend(pkg_parts);
 
     let created = edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock);

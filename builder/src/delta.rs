@@ -61,7 +61,9 @@ impl Base {
                 continue;
             }
             let mut er = EntryReader::new(&mut r, e);
-            let keep = e.kind == EntryKind::File && e.name.ends_with(".deb");
+            // Packages and repository metadata too: a new cycle's `Packages` is a small delta of
+            // the old one.
+            let keep = e.kind == EntryKind::File;
             if keep {
                 let p = tmp.path().join(e.name.replace('/', "_"));
                 let mut out = File::create(&p)?;
@@ -94,6 +96,13 @@ impl Base {
             files,
             _tmp: tmp,
         })
+    }
+
+    /// The bytes of a plain file entry of the base (metadata such as `Packages`).
+    pub fn file_bytes(&self, name: &str) -> Option<(&Entry, Vec<u8>)> {
+        let e = self.entry(name).filter(|e| e.kind == EntryKind::File)?;
+        let bytes = std::fs::read(self.files.get(name)?).ok()?;
+        Some((e, bytes))
     }
 
     fn entry(&self, name: &str) -> Option<&Entry> {
@@ -490,8 +499,7 @@ pub fn plan(
     Ok((parts, delta_base, sum))
 }
 
-/// Write a delta patch to a file (for tools and tests): raw recipe, whole files.
-#[allow(dead_code)]
+/// Write a raw-recipe delta patch of one whole file against another.
 pub fn raw_patch(old: &[u8], new: &[u8], out: &mut dyn Write) -> std::io::Result<()> {
     let (sec, streams) = diff_section(Src::Whole, old, new);
     out.write_all(
