@@ -216,23 +216,23 @@ fn meta_entry(name: String, data: Vec<u8>) -> (Entry, Source) {
     (entry, Source::Bytes(bytes))
 }
 
+/// A package carried whole: stored raw, never recompressed.
+pub(crate) fn package_part(p: &Package) -> (Entry, Source) {
+    let entry = Entry {
+        name: p.name.clone(),
+        kind: EntryKind::File,
+        encoding: Encoding::Raw,
+        size: p.size,
+        stored: p.size,
+        sha256: p.sha256,
+        base_sha256: None,
+        patch_sha256: None,
+    };
+    (entry, Source::File(p.path.clone()))
+}
+
 fn full_parts(packages: &[Package]) -> Vec<(Entry, Source)> {
-    packages
-        .iter()
-        .map(|p| {
-            let entry = Entry {
-                name: p.name.clone(),
-                kind: EntryKind::File,
-                encoding: Encoding::Raw,
-                size: p.size,
-                stored: p.size,
-                sha256: p.sha256,
-                base_sha256: None,
-                patch_sha256: None,
-            };
-            (entry, Source::File(p.path.clone()))
-        })
-        .collect()
+    packages.iter().map(package_part).collect()
 }
 
 pub fn run(args: &BuildArgs) -> Result<()> {

@@ -477,19 +477,7 @@ pub fn plan(
         } else {
             sum.files += 1;
             sum.file_bytes += p.size;
-            parts.push((
-                Entry {
-                    name: p.name.clone(),
-                    kind: EntryKind::File,
-                    encoding: Encoding::Raw,
-                    size: p.size,
-                    stored: p.size,
-                    sha256: p.sha256,
-                    base_sha256: None,
-                    patch_sha256: None,
-                },
-                Source::File(p.path.clone()),
-            ));
+            parts.push(crate::build::package_part(p));
         }
     }
     let delta_base = DeltaBase {
