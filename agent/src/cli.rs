@@ -142,14 +142,7 @@ fn run(args: Args) -> Result<()> {
                 [b] => Some(PathBuf::from(b)),
                 _ => return Err(Error::usage("usage: edgepatch apply [BUNDLE]")),
             };
-            let trusted = crate::trust::load(&config)?;
-            let clock = crate::clock::from_env();
-            let ctx = Ctx {
-                config: &config,
-                trusted: &trusted,
-                clock: clock.as_ref(),
-            };
-            let msg = apply::command(&ctx, bundle.as_deref())?;
+            let msg = with_ctx(&config, |ctx| apply::command(ctx, bundle.as_deref()))?;
             println!("ok: {msg}");
             Ok(())
         }
@@ -188,14 +181,10 @@ fn run(args: Args) -> Result<()> {
                 [flag, f] if flag == "--order" => Some(PathBuf::from(f)),
                 _ => return Err(Error::usage("usage: edgepatch rollback [--order FILE]")),
             };
-            let trusted = crate::trust::load(&config)?;
-            let clock = crate::clock::from_env();
-            let ctx = Ctx {
-                config: &config,
-                trusted: &trusted,
-                clock: clock.as_ref(),
-            };
-            println!("ok: {}", crate::rollback::command(&ctx, order.as_deref())?);
+            let msg = with_ctx(&config, |ctx| {
+                crate::rollback::command(ctx, order.as_deref())
+            })?;
+            println!("ok: {msg}");
             Ok(())
         }
         "keys" => crate::trust::main(&config, &args.rest),
@@ -208,19 +197,25 @@ fn run(args: Args) -> Result<()> {
     }
 }
 
+/// Run `f` with the node's trusted keys and clock: the one place commands build their context.
+fn with_ctx<T>(config: &Config, f: impl FnOnce(&Ctx) -> Result<T>) -> Result<T> {
+    let trusted = crate::trust::load(config)?;
+    let clock = crate::clock::from_env();
+    f(&Ctx {
+        config,
+        trusted: &trusted,
+        clock: clock.as_ref(),
+    })
+}
+
 /// Show the status; first resolve an interrupted run if no other run is active.
 fn cmd_status(config: &Config, json: bool) -> Result<()> {
     if crate::status::journal_path(&config.state_dir).exists() {
         if let Ok(_lock) = crate::lock::acquire(&config.state_dir) {
-            let trusted = crate::trust::load(config)?;
-            let clock = crate::clock::from_env();
-            let ctx = Ctx {
-                config,
-                trusted: &trusted,
-                clock: clock.as_ref(),
-            };
-            let mut info = apply::RunInfo::default();
-            if let Err(e) = apply::recover(&ctx, &mut info) {
+            let recovered = with_ctx(config, |ctx| {
+                apply::recover(ctx, &mut apply::RunInfo::default())
+            });
+            if let Err(e) = recovered {
                 log::warn!("{e}");
             }
         }
