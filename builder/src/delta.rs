@@ -13,8 +13,8 @@
 //!   the patch is used only if it is smaller than the package itself, else the package is carried;
 //! - anything else (new packages, .rpm whose signatures forbid repacking): the file itself.
 //!
-//! Diffing: suffix array (divsufsort) + the bsdiff scan from the `bidiff` crate, control, diff and
-//! extra bytes kept in three streams, each raw DEFLATE at miniz's level 10 (the agent inflates
+//! Diffing: suffix array (divsufsort) + the bsdiff scan from the `bidiff` crate; controls, diff and
+//! extra bytes split into the seven streams of `edgepatch::delta`, each raw DEFLATE at miniz's level 10 (the agent inflates
 //! with the miniz_oxide it already has). Packages are diffed in parallel, largest first.
 //!
 //! Gzip members: man pages and changelogs inside data.tar are `gzip -9n` files whose compressed
@@ -137,9 +137,9 @@ fn member(deb: &Path, which: Src, tmp: &Path) -> Result<Vec<u8>> {
     Ok(v)
 }
 
-/// Diff `old` -> `new` into the three deflated streams of one section.
+/// Diff `old` -> `new` into one section: its header and its deflated streams.
 pub fn diff_section(source: Src, old: &[u8], new: &[u8]) -> (Section, Vec<u8>) {
-    let (mut ctrl, mut diff, mut extra) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut diff, mut extra) = (Vec::new(), Vec::new());
     let mut controls: Vec<Control> = Vec::new();
     if old.is_empty() {
         if !new.is_empty() {
@@ -171,24 +171,17 @@ pub fn diff_section(source: Src, old: &[u8], new: &[u8]) -> (Section, Vec<u8>) {
         bidiff::diff(old, new, &params, |m| translator.translate(m)).expect("in-memory diff");
         translator.close().expect("in-memory diff");
     }
-    for c in &controls {
-        c.encode(&mut ctrl);
-    }
+    let source = if old.is_empty() { Src::Empty } else { source };
     // Level 10 (miniz "uber"): about 1% smaller than 9 here, still plain DEFLATE for the agent.
-    let pack = |v: &[u8]| miniz_oxide::deflate::compress_to_vec(v, 10);
-    let (c, dd, e) = (pack(&ctrl), pack(&diff), pack(&extra));
-    let sec = Section {
-        source: if old.is_empty() { Src::Empty } else { source },
-        old_len: old.len() as u64,
-        new_len: new.len() as u64,
-        ctrl_len: c.len() as u64,
-        diff_len: dd.len() as u64,
-        extra_len: e.len() as u64,
-    };
-    let mut streams = c;
-    streams.extend(dd);
-    streams.extend(e);
-    (sec, streams)
+    d::encode_section(
+        source,
+        old.len() as u64,
+        new.len() as u64,
+        &controls,
+        &diff,
+        &extra,
+        10,
+    )
 }
 
 /// One planned delta: patch bytes and the rebuilt file's size and sha256.
