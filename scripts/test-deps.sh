@@ -112,4 +112,14 @@ done
 # cross/footprint.sh then skips armv7 and says why.
 bash "$(dirname "$0")/../cross/armv7-std.sh" || warn "cross/armv7-std.sh failed: no armv7 agent"
 
+# Real packages for tests/delta.rs (jq and libjq1 change between bookworm and its security
+# update; libonig5, hello and tree do not): a few hundred KB from Debian's registry, kept in
+# target/ so later runs skip the download. scripts/test.sh points EDGEPATCH_CORPUS at it.
+corpus=$(cd "$(dirname "$0")/.." && pwd)/target/corpus-small
+if ! ls "$corpus"/cycle-2/jq_*.deb >/dev/null 2>&1; then
+    log "fetching the small real-package corpus into $corpus"
+    bash "$(dirname "$0")/debian-cycles.sh" "$corpus" jq libjq1 libonig5 hello tree >/dev/null 2>&1 ||
+        warn "fetching the real-package corpus failed: tests/delta.rs real_packages_from_the_corpus fails"
+fi
+
 log "done"

@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export DEBIAN_FRONTEND=noninteractive
+# Real Debian packages for the delta tests (fetched by test-deps.sh).
+export EDGEPATCH_CORPUS=${EDGEPATCH_CORPUS:-$PWD/target/corpus-small}
 LOG=$(mktemp /tmp/edgepatch-test.XXXXXX)
 trap 'rm -f "$LOG"' EXIT
 

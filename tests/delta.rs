@@ -1,6 +1,7 @@
 //! Delta bundles end to end: `build --base`, then `apply` with real apt-get and dpkg into scratch
 //! roots. Synthetic .debs (xz-compressed, as upstream builds them) always; real Debian packages
-//! (jq, libjq1, hello, tree from the shared corpus) when `EDGEPATCH_CORPUS` or /tmp/corpus exists.
+//! (jq, libjq1, libonig5, hello, tree): scripts/test.sh fetches them (scripts/test-deps.sh) and sets
+//! `EDGEPATCH_CORPUS`, which makes that test required; plain `cargo test` uses /tmp/corpus if present.
 
 use edgepatch_e2e::*;
 use std::path::{Path, PathBuf};
@@ -209,10 +210,17 @@ fn rotten_cache_defers_instead_of_blaming_the_bundle() {
 /// has it), hello, tree. Cycle 1 installs them; the delta bundle of cycle 2 upgrades them.
 #[test]
 fn real_packages_from_the_corpus() {
+    // scripts/test.sh sets EDGEPATCH_CORPUS (test-deps.sh fetched it): then it must be there.
+    let required = std::env::var_os("EDGEPATCH_CORPUS").is_some();
     let corpus = std::env::var_os("EDGEPATCH_CORPUS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp/corpus"));
     if !corpus.join("cycle-1").is_dir() || !corpus.join("cycle-2").is_dir() {
+        assert!(
+            !required,
+            "EDGEPATCH_CORPUS={} has no cycle-1/cycle-2: run scripts/test-deps.sh",
+            corpus.display()
+        );
         eprintln!(
             "skipped: no corpus at {} (set EDGEPATCH_CORPUS; ../shared/corpus/debian-cycles.sh makes one)",
             corpus.display()
@@ -239,6 +247,7 @@ fn real_packages_from_the_corpus() {
         }
     }
     if !picked.iter().any(|n| n.starts_with("jq_")) {
+        assert!(!required, "corpus {} has no jq", corpus.display());
         eprintln!("skipped: corpus has no jq");
         return;
     }
