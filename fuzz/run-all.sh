@@ -9,7 +9,9 @@ run() {
   echo "$1 exit $?" >> logs/summary
 }
 : > logs/summary
-for pair in "manifest container" "config policy" "index keylist"; do
+for pair in "manifest container" "config policy" "index keylist" "delta"; do
   set -- $pair
-  run "$1" & run "$2" & wait
+  run "$1" &
+  if [ $# -gt 1 ]; then run "$2" & fi
+  wait
 done

@@ -55,4 +55,45 @@ cp $W/keylist $C/keylist/seed-rotated
 
 sed -n '/const GOOD: &str = r#"/,/^"#;/p' agent/src/config.rs | sed '1d;$d' > $C/config/seed-full
 printf 'node_id = "n"\nvariant = "debian-12-amd64"\nroot_keys = "/etc/edgepatch/root.pub"\nsignature_threshold = 2\ntrusted_keys = "/etc/edgepatch/keys"\n' > $C/config/seed-root
+# Delta patches (format EPDELTA2, see agent/src/delta.rs), each after its base: 2-byte length,
+# base, patch. A raw patch with seeks, adds and extra bytes; a deb patch of two sections.
+mkdir -p $C/delta
+python3 - $C/delta <<'PY'
+import sys, zlib
+def varint(v):
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7f) | 0x80); v >>= 7
+    out.append(v)
+    return bytes(out)
+def deflate(b):
+    if not b:
+        return b''
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return c.compress(b) + c.flush()
+def section(source, old_len, new_len, controls, diff, extra):
+    s = [b''] * 7
+    for add, copy, seek in controls:
+        s[0] += varint(add); s[1] += varint(copy); s[2] += varint((seek << 1) ^ (seek >> 63))
+    i = 0
+    while i < len(diff):
+        z = next((k for k in range(i, len(diff)) if diff[k]), len(diff)) - i
+        l = next((k for k in range(i + z, len(diff)) if not diff[k]), len(diff)) - i - z
+        s[3] += varint(z); s[4] += varint(l); s[5] += diff[i + z:i + z + l]; i += z + l
+    s[6] = extra
+    s = [deflate(x) for x in s]
+    head = bytes([source]) + varint(old_len) + varint(new_len) + b''.join(varint(len(x)) for x in s)
+    return head, b''.join(s)
+def patch(recipe, secs):
+    heads = [section(*x) for x in secs]
+    return b'EPDELTA2' + bytes([recipe, len(heads)]) + b''.join(h for h, _ in heads) + b''.join(b for _, b in heads)
+old = bytes((i * 7) % 251 for i in range(3000))
+new = bytearray(old[:2000]); new[100] ^= 0x55; new += b'INSERTED' + old[10:510]
+diff = bytes((n - o) % 256 for n, o in zip(new[:2000], old[:2000])) + bytes(500)
+raw = patch(0, [(1, len(old), len(new), [(2000, 8, -1990), (500, 0, 0)], diff, b'INSERTED')])
+deb = patch(1, [(2, len(old), 10, [(0, 10, 0)], b'', b'0123456789'),
+                (3, len(old), 2000, [(2000, 0, 0)], bytes(2000), b'')])
+for name, p in (('raw', raw), ('deb', deb)):
+    open(f'{sys.argv[1]}/seed-{name}', 'wb').write(len(old).to_bytes(2, 'little') + old + p)
+PY
 ls $C/*/ | head -50
