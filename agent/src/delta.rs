@@ -81,10 +81,11 @@
 //!
 //! Applying streams: seven inflaters (about 60 KB each with their buffers), a 64 KB buffered
 //! reader on the old tar and a 64 KB output buffer; nothing grows with the payload. The patch
-//! itself is read from the staged copy, seven cursors into one file. Recipe `deb-gz` adds two unlinked scratch files (the
-//! expanded old and new data tars), one inflater for the gzip members, the gzip map (8 bytes per
-//! listed member, at most `MAX_GZ_MEMBERS`) and, while gzip runs, the members' inflated bytes as
-//! files in a scratch directory; still nothing in memory grows with a member's size.
+//! itself is read from the staged copy, seven cursors into one file. Recipe `deb-gz` adds two
+//! unlinked scratch files (the expanded old and new data tars), one inflater for the gzip members,
+//! the gzip map (8 bytes per listed member, at most `MAX_GZ_MEMBERS`) and, while gzip runs, the
+//! members' inflated bytes as files in a scratch directory; still nothing in memory grows with a
+//! member's size.
 
 use crate::format::{hex, Entry, EntryKind, Manifest};
 use sha2::{Digest, Sha256};
