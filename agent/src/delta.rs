@@ -1266,14 +1266,7 @@ pub fn deb_member(base: &Path, which: Source, tmp_dir: &Path) -> Result<File, De
         Source::DebData => "--fsys-tarfile",
         _ => return Err(corrupt("not a deb member source")),
     };
-    let path = tmp_dir.join(format!(".edgepatch-base{flag}"));
-    let _ = std::fs::remove_file(&path);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    std::fs::remove_file(&path)?;
+    let f = scratch(tmp_dir, &format!("base{flag}"))?;
     crate::cmd::Cmd::new("dpkg-deb")
         .arg(flag)
         .arg(base)
@@ -1664,18 +1657,17 @@ mod tests {
                 &bytes[off - n as usize..off]
             })
             .collect();
-        let inflate = |b: &'static [u8]| -> Box<dyn Read> {
+        fn inflate(b: &[u8]) -> Box<dyn Read + '_> {
             if b.is_empty() {
                 Box::new(io::empty())
             } else {
                 Box::new(Inflate::new(b))
             }
-        };
-        let leak = |b: &[u8]| -> &'static [u8] { Box::leak(b.to_vec().into_boxed_slice()) };
+        }
         let mut r = DiffReader::new(
-            inflate(leak(streams[3])),
-            inflate(leak(streams[4])),
-            inflate(leak(streams[5])),
+            inflate(streams[3]),
+            inflate(streams[4]),
+            inflate(streams[5]),
         );
         let mut back = Vec::new();
         r.read_to_end(&mut back).unwrap();
