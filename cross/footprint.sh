@@ -187,7 +187,7 @@ make_fixture() {
         }
     done
     cp "$WORK/small.epb" "$WORK/small-flipped.epb"
-    # The payload comes last (see agent/src/format.rs): the last byte belongs to a .deb.
+    # The payload comes last (see agent/src/bundle/format.rs): the last byte belongs to a .deb.
     local n
     n=$(stat -c %s "$WORK/small-flipped.epb")
     local byte

@@ -53,9 +53,9 @@ $B key revoke --root $W/root/root.key --keylist $W/keylist --pub $W/k/edgepatch.
 $B key rotate-root --root $W/root/root.key --new-root $W/root2/root.key --keylist $W/keylist >/dev/null
 cp $W/keylist $C/keylist/seed-rotated
 
-sed -n '/const GOOD: &str = r#"/,/^"#;/p' agent/src/config.rs | sed '1d;$d' > $C/config/seed-full
+sed -n '/const GOOD: &str = r#"/,/^"#;/p' agent/src/support/config.rs | sed '1d;$d' > $C/config/seed-full
 printf 'node_id = "n"\nvariant = "debian-12-amd64"\nroot_keys = "/etc/edgepatch/root.pub"\nsignature_threshold = 2\ntrusted_keys = "/etc/edgepatch/keys"\n' > $C/config/seed-root
-# Delta patches (format EPDELTA2, see agent/src/delta.rs), each after its base: 2-byte length,
+# Delta patches (format EPDELTA2, see agent/src/bundle/delta/mod.rs), each after its base: 2-byte length,
 # base, patch. A raw patch with seeks, adds and extra bytes; a deb patch of two sections.
 mkdir -p $C/delta
 python3 - $C/delta <<'PY'

@@ -10,7 +10,7 @@
 //! tests/distribution.rs; `mirror_and_slow_retrieval_attacks_are_covered_by_fetch_tests` pins
 //! their names so the reference cannot rot.
 
-use edgepatch::format::{self, hex, Encoding, Entry, EntryKind, Manifest};
+use edgepatch::bundle::format::{self, hex, Encoding, Entry, EntryKind, Manifest};
 use edgepatch_e2e::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +27,7 @@ fn key_file(name: &str, ext: &str) -> PathBuf {
 /// A test secret key (a macro, so this crate need not name the ed25519 type).
 macro_rules! secret {
     ($name:expr) => {
-        edgepatch::keys::parse_secret(
+        edgepatch::bundle::keys::parse_secret(
             &std::fs::read_to_string(key_file($name, "key")).unwrap(),
             "test",
         )
@@ -37,7 +37,9 @@ macro_rules! secret {
 
 fn key_id_of(name: &str) -> [u8; 8] {
     let text = std::fs::read_to_string(key_file(name, "pub")).unwrap();
-    edgepatch::keys::parse_public(&text, "test").unwrap().id
+    edgepatch::bundle::keys::parse_public(&text, "test")
+        .unwrap()
+        .id
 }
 
 fn now() -> u64 {
@@ -148,7 +150,7 @@ impl Attack {
     fn craft(&self, file: &str, manifest: &[u8], signers: &[&str], payload: &[u8]) -> PathBuf {
         let sigs: Vec<format::Signature> = signers
             .iter()
-            .map(|s| edgepatch::keys::sign(&secret!(s), manifest))
+            .map(|s| edgepatch::bundle::keys::sign(&secret!(s), manifest))
             .collect();
         let mut out = Vec::new();
         format::write_head(&mut out, manifest, &sigs).unwrap();
@@ -242,7 +244,7 @@ fn arbitrary_software_forged_signature_under_a_trusted_key_id_is_refused() {
     let node = a.node("");
     let m = manifest_text(&entry_line("pool/x.deb", b"abc"));
     // Signed by B, but the signature block claims A's key id.
-    let mut sig = edgepatch::keys::sign(&secret!("release-b"), &m);
+    let mut sig = edgepatch::bundle::keys::sign(&secret!("release-b"), &m);
     sig.key_id = key_id_of("release-a");
     let mut raw = Vec::new();
     format::write_head(&mut raw, &m, &[sig]).unwrap();
@@ -465,11 +467,11 @@ fn extraneous_dependency_planted_in_staging_or_incoming_is_not_installed() {
 
     // A file appearing in a staged directory after verification (the crash-resume path
     // rechecks it) is refused before the package manager sees it.
-    let bytes = std::fs::read(cache.join(edgepatch::stage::MANIFEST_FILE)).unwrap();
+    let bytes = std::fs::read(cache.join(edgepatch::node::stage::MANIFEST_FILE)).unwrap();
     let manifest = Manifest::parse(&bytes).unwrap();
-    edgepatch::stage::refuse_extraneous(&cache, &manifest).unwrap();
+    edgepatch::node::stage::refuse_extraneous(&cache, &manifest).unwrap();
     std::fs::copy(&evil, cache.join("pool/ep-evil_6.6.6_all.deb")).unwrap();
-    let e = edgepatch::stage::refuse_extraneous(&cache, &manifest).unwrap_err();
+    let e = edgepatch::node::stage::refuse_extraneous(&cache, &manifest).unwrap_err();
     assert_eq!(e.exit.code(), 2);
     assert!(e.msg.contains("not in the signed manifest"), "{}", e.msg);
 }
@@ -711,7 +713,7 @@ fn root_rotation_needs_the_old_and_the_new_root() {
     std::fs::copy(&list, &stale).unwrap();
     // Hand-sign the next list with the old root only.
     let doc = std::fs::read(&stale).unwrap();
-    let current = edgepatch::trust::KeyList::open_self(&doc).unwrap();
+    let current = edgepatch::bundle::keylist::KeyList::open_self(&doc).unwrap();
     let mut next = current.clone();
     next.version += 1;
     let old_root = secret!("root");

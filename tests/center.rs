@@ -6,7 +6,7 @@
 //! Run: `cargo test --test center` (builds edgepatch-builder first if needed).
 //! `EDGEPATCH_UPDATE_DOCS=1` also copies the dashboard screenshot to docs/dashboard.png.
 
-use edgepatch::report::{self, Report};
+use edgepatch::transport::report::{self, Report};
 use edgepatch_e2e::{build_bundle, builder_bin, deb_root, keygen, Deb, Node, Scratch};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -868,8 +868,8 @@ fn failure_threshold_issues_a_signed_halt_order() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("HALT debian-12-amd64 2025-w20"));
     let order = std::fs::read(orders.join("halt-debian-12-amd64-2025-w20.order")).unwrap();
-    let trusted = edgepatch::keys::load_trusted(&public).unwrap();
-    let rec = edgepatch::signed::open(&order, "edgepatch-order", &trusted, 1).unwrap();
+    let trusted = edgepatch::bundle::keys::load_trusted(&public).unwrap();
+    let rec = edgepatch::bundle::signed::open(&order, "edgepatch-order", &trusted, 1).unwrap();
     assert_eq!(
         (rec.get("kind"), rec.get("cycle")),
         (Some("halt"), Some("2025-w20"))

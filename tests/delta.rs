@@ -66,11 +66,12 @@ fn ver(node: &Node, name: &str) -> Option<String> {
 fn first_delta_offset(bundle: &Path) -> u64 {
     let bytes = std::fs::read(bundle).unwrap();
     let mut r = &bytes[..];
-    let head = edgepatch::format::read_head(&mut r).unwrap();
-    let m = edgepatch::format::Manifest::parse(&head.manifest_bytes).unwrap();
-    let mut off = edgepatch::format::head_len(head.manifest_bytes.len(), head.signatures.len());
+    let head = edgepatch::bundle::format::read_head(&mut r).unwrap();
+    let m = edgepatch::bundle::format::Manifest::parse(&head.manifest_bytes).unwrap();
+    let mut off =
+        edgepatch::bundle::format::head_len(head.manifest_bytes.len(), head.signatures.len());
     for e in &m.entries {
-        if e.kind == edgepatch::format::EntryKind::Delta {
+        if e.kind == edgepatch::bundle::format::EntryKind::Delta {
             return off + e.stored / 2;
         }
         off += e.stored;
@@ -123,7 +124,7 @@ fn synthetic_delta_applies_end_to_end() {
     let node = f.node("n");
     apply(&node, &c1).expect(0);
     assert_eq!(ver(&node, "ep-app").as_deref(), Some("1.0 ii"));
-    assert!(edgepatch::delta::can_use_delta(
+    assert!(edgepatch::node::rebuild::can_use_delta(
         &node.state_dir,
         &manifest(&c2)
     ));
@@ -148,7 +149,7 @@ fn synthetic_delta_applies_end_to_end() {
 
     // A node that never applied c1 cannot use the delta: deferred, nothing installed.
     let fresh = f.node("fresh");
-    assert!(!edgepatch::delta::can_use_delta(
+    assert!(!edgepatch::node::rebuild::can_use_delta(
         &fresh.state_dir,
         &manifest(&c2)
     ));
@@ -162,10 +163,10 @@ fn synthetic_delta_applies_end_to_end() {
     assert_eq!(ver(&fresh, "ep-app").as_deref(), Some("2.0 ii"));
 }
 
-fn manifest(bundle: &Path) -> edgepatch::format::Manifest {
+fn manifest(bundle: &Path) -> edgepatch::bundle::format::Manifest {
     let bytes = std::fs::read(bundle).unwrap();
-    let head = edgepatch::format::read_head(&mut &bytes[..]).unwrap();
-    edgepatch::format::Manifest::parse(&head.manifest_bytes).unwrap()
+    let head = edgepatch::bundle::format::read_head(&mut &bytes[..]).unwrap();
+    edgepatch::bundle::format::Manifest::parse(&head.manifest_bytes).unwrap()
 }
 
 #[test]

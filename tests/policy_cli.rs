@@ -137,7 +137,7 @@ fn sha256_file(p: &Path) -> String {
     let bytes = std::fs::read(p).unwrap();
     format!(
         "sha256:{}",
-        edgepatch::format::hex(&edgepatch::format::sha256(&bytes))
+        edgepatch::bundle::format::hex(&edgepatch::bundle::format::sha256(&bytes))
     )
 }
 
@@ -236,9 +236,9 @@ fn build_signs_policy_into_manifest() {
     assert!(out.contains("rollout_start"), "{out}");
     // Read the manifest with the agent's own parser and policy reader.
     let mut r = std::fs::File::open(&bundle).unwrap();
-    let head = edgepatch::format::read_head(&mut r).unwrap();
-    let m = edgepatch::format::Manifest::parse(&head.manifest_bytes).unwrap();
-    let p = edgepatch::policy::Policy::from_lines(&m.policy).unwrap();
+    let head = edgepatch::bundle::format::read_head(&mut r).unwrap();
+    let m = edgepatch::bundle::format::Manifest::parse(&head.manifest_bytes).unwrap();
+    let p = edgepatch::bundle::policy::Policy::from_lines(&m.policy).unwrap();
     assert_eq!(p.bundle_version, CYCLE);
     assert_eq!(p.window.to_string(), "Mon-Fri 22:00-02:00");
     assert_eq!(p.timezone, "Europe/Berlin");

@@ -1,38 +1,19 @@
-//! edgepatch node agent library. The binary in `main.rs` only parses arguments and calls `cli`.
-//! `format` is the bundle format shared with the builder; everything else is the node's side.
+//! edgepatch node agent library. The folders tell the story of a bundle, and imports only point
+//! downwards (enforced by `tests/layers.rs`):
+//!
+//! - `support`   shared helpers at the bottom: files, commands, clock, config, errors, logging
+//! - `bundle`    the signed artifact: format, manifest, keys, signed documents, delta codec;
+//!   pure (`Read` in, values out), and the only layer the builder uses besides `support`
+//! - `node`      what changes the machine: stage, install, snapshot, health, rollback, journal
+//! - `transport` what moves bundles and reports: fetch, import, run, report
+//! - `cli`       arguments, commands, doctor, exit codes; nothing imports it
+//!
+//! The binary in `main.rs` only calls `cli::main`.
 
-pub mod apply;
+pub mod bundle;
 pub mod cli;
-pub mod clock;
-pub mod cmd;
-pub mod config;
-pub mod delta;
-pub mod doctor;
-pub mod error;
-pub mod fetch;
-pub mod format;
-pub mod fsutil;
-pub mod health;
-pub mod import;
-pub mod index;
-pub mod json;
-pub mod keys;
-pub mod kv;
-pub mod lock;
-pub mod logger;
-pub mod pkg;
-pub mod policy;
-pub mod report;
-pub mod rollback;
-pub mod run;
-pub mod signed;
-pub mod snapshot;
-pub mod stage;
-pub mod state;
-pub mod status;
-pub mod store;
-pub mod testhook;
-pub mod trust;
-pub mod verify;
+pub mod node;
+pub mod support;
+pub mod transport;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

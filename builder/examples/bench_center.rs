@@ -7,7 +7,7 @@
 //!   --history-cycles  older cycles loaded first so the database holds history (default 12)
 //!   --clients C       concurrent agents' connections (default 2)
 
-use edgepatch::report::Report;
+use edgepatch::transport::report::Report;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

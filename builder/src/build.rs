@@ -3,7 +3,7 @@
 
 use crate::repo::{self, Family, Package};
 use anyhow::{bail, Context, Result};
-use edgepatch::format::{self, hex, Encoding, Entry, EntryKind, Manifest};
+use edgepatch::bundle::format::{self, hex, Encoding, Entry, EntryKind, Manifest};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -241,7 +241,7 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     for path in &args.key {
         let key_text =
             std::fs::read_to_string(path).with_context(|| format!("key {}", path.display()))?;
-        let sk = edgepatch::keys::parse_secret(&key_text, &path.display().to_string())
+        let sk = edgepatch::bundle::keys::parse_secret(&key_text, &path.display().to_string())
             .map_err(anyhow::Error::msg)?;
         if sks.iter().any(|k| k.public_key() == sk.public_key()) {
             bail!("{}: the same key is given twice", path.display());
@@ -311,14 +311,14 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     parts.extend(pkg_parts);
 
-    let created = edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock);
+    let created = edgepatch::support::clock::Clock::now(&edgepatch::support::clock::SystemClock);
     let manifest = Manifest {
         variant: args.variant.clone(),
         cycle: args.cycle.clone(),
         sequence: args.sequence,
         created,
         expires: created + args.expires_in,
-        key_id: hex(&edgepatch::keys::key_id(&sk.public_key())),
+        key_id: hex(&edgepatch::bundle::keys::key_id(&sk.public_key())),
         install: args.install.clone(),
         delta_base,
         policy: crate::policy::lines_for_build(args.policy.as_deref(), &args.cycle, created)?,
@@ -332,8 +332,8 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     let trusted = sks
         .iter()
         .map(|sk| {
-            edgepatch::keys::parse_public(
-                &edgepatch::keys::public_text(&sk.public_key()),
+            edgepatch::bundle::keys::parse_public(
+                &edgepatch::bundle::keys::public_text(&sk.public_key()),
                 "build key",
             )
             .map(|mut k| {
@@ -379,7 +379,7 @@ pub(crate) fn write_bundle(
         .map_err(|m| anyhow::anyhow!("manifest: {m}"))?;
     let sigs: Vec<format::Signature> = sks
         .iter()
-        .map(|sk| edgepatch::keys::sign(sk, &manifest_bytes))
+        .map(|sk| edgepatch::bundle::keys::sign(sk, &manifest_bytes))
         .collect();
     let tmp = out.with_extension("partial");
     let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -407,7 +407,7 @@ pub(crate) fn write_bundle(
         }
         f.sync_all()?;
         std::fs::rename(&tmp, out)?;
-        edgepatch::fsutil::sync_dir(
+        edgepatch::support::fsutil::sync_dir(
             out.parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new(".")),

@@ -13,7 +13,7 @@
 //! are the machine's, or `--repo NAME=URL` (repeatable) instead.
 
 use anyhow::{bail, Context, Result};
-use edgepatch::cmd::Cmd;
+use edgepatch::support::cmd::Cmd;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]

@@ -6,7 +6,7 @@
 //! - a .deb whose package (name and architecture from the file name) the base carried in another
 //!   version: a bsdiff-style patch of the *uncompressed* control.tar and data.tar (what
 //!   `dpkg-deb --ctrl-tarfile / --fsys-tarfile` print, on the builder as on the node) against the
-//!   base's, in the format of `edgepatch::delta`. The node rebuilds a .deb with uncompressed
+//!   base's, in the format of `edgepatch::bundle::delta`. The node rebuilds a .deb with uncompressed
 //!   members (see that module for why); its size and sha256 are computed here with the agent's
 //!   own framing functions, go into `Packages` and the signed manifest, and are checked by
 //!   applying every patch with the agent's own applier before the bundle is written;
@@ -14,7 +14,7 @@
 //! - anything else (new packages, .rpm whose signatures forbid repacking): the file itself.
 //!
 //! Diffing: suffix array (divsufsort) + the bsdiff scan from the `bidiff` crate; controls, diff and
-//! extra bytes split into the seven streams of `edgepatch::delta`, each raw DEFLATE at miniz's level 10 (the agent inflates
+//! extra bytes split into the seven streams of `edgepatch::bundle::delta`, each raw DEFLATE at miniz's level 10 (the agent inflates
 //! with the miniz_oxide it already has). Packages are diffed in parallel, largest first.
 //!
 //! Gzip members: man pages and changelogs inside data.tar are `gzip -9n` files whose compressed
@@ -26,8 +26,10 @@
 
 use crate::repo::{Family, Package};
 use anyhow::{anyhow, bail, Context, Result};
-use edgepatch::delta::{self as d, Control, Header, Recipe, Section, Source as Src};
-use edgepatch::format::{self, hex, DeltaBase, Encoding, Entry, EntryKind, EntryReader, Manifest};
+use edgepatch::bundle::delta::{self as d, Control, Header, Recipe, Section, Source as Src};
+use edgepatch::bundle::format::{
+    self, hex, DeltaBase, Encoding, Entry, EntryKind, EntryReader, Manifest,
+};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};

@@ -1,13 +1,14 @@
 use anyhow::Result;
-use edgepatch::format::{self, hex, EntryKind, Manifest};
+use edgepatch::bundle::format::{self, hex, EntryKind, Manifest};
 use serde_json::json;
 use std::path::Path;
 
 /// Print the manifest. Signatures are listed by key id but not checked: `verify` does that.
 pub fn run(file: &Path, as_json: bool) -> Result<()> {
-    let mut r = edgepatch::cli::open_bundle(file)?;
-    let head = format::read_head(&mut r).map_err(edgepatch::error::Error::from)?;
-    let m = Manifest::parse(&head.manifest_bytes).map_err(edgepatch::error::Error::from)?;
+    let mut r = edgepatch::support::fsutil::open_bundle(file)?;
+    let head = format::read_head(&mut r).map_err(edgepatch::support::error::Error::from)?;
+    let m =
+        Manifest::parse(&head.manifest_bytes).map_err(edgepatch::support::error::Error::from)?;
     let signers: Vec<String> = head.signatures.iter().map(|s| hex(&s.key_id)).collect();
     let kind = |k: EntryKind| match k {
         EntryKind::File => "file",

@@ -1,4 +1,4 @@
-//! `key`: the root key and the signed key list (format and node rules: `edgepatch::trust`).
+//! `key`: the root key and the signed key list (format and node rules: `edgepatch::bundle::keylist`).
 //!
 //! The root secret stays on an offline machine. Every command that changes the list reads the
 //! current signed list, applies one change, bumps the version, signs with the given root key(s),
@@ -7,9 +7,9 @@
 //! list into a mirror tree or onto a USB stick as `keylist`.
 
 use anyhow::{anyhow, bail, Context, Result};
-use edgepatch::format::hex;
-use edgepatch::keys::{self, key_id};
-use edgepatch::trust::{self, KeyList, ReleaseKey};
+use edgepatch::bundle::format::hex;
+use edgepatch::bundle::keylist::{self as trust, KeyList, ReleaseKey};
+use edgepatch::bundle::keys::{self, key_id};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -178,9 +178,9 @@ pub fn run(cmd: &KeyCommand) -> Result<()> {
 }
 
 fn unix_now(common: &Common) -> u64 {
-    common
-        .now
-        .unwrap_or_else(|| edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock))
+    common.now.unwrap_or_else(|| {
+        edgepatch::support::clock::Clock::now(&edgepatch::support::clock::SystemClock)
+    })
 }
 
 fn read_secret(p: &Path) -> Result<ed25519_compact::SecretKey> {
@@ -231,7 +231,7 @@ fn sign_and_write(
     };
     let checked = checked.map_err(|e| anyhow!("a node would refuse this key list: {e}"))?;
     anyhow::ensure!(&checked == next, "key list does not read back as written");
-    edgepatch::fsutil::write_atomic(path, doc.as_bytes(), false)
+    edgepatch::support::fsutil::write_atomic(path, doc.as_bytes(), false)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
@@ -309,7 +309,7 @@ fn rotate(
 
 fn show(path: &Path) -> Result<()> {
     let (list, _) = read_list(path)?;
-    let now = edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock);
+    let now = edgepatch::support::clock::Clock::now(&edgepatch::support::clock::SystemClock);
     println!(
         "key list version {}, issued {}, expires {}{}",
         list.version,
@@ -352,7 +352,7 @@ fn show(path: &Path) -> Result<()> {
 
 fn publish(path: &Path, out: &Path) -> Result<()> {
     let (list, doc) = read_list(path)?;
-    let now = edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock);
+    let now = edgepatch::support::clock::Clock::now(&edgepatch::support::clock::SystemClock);
     if list.expires <= now {
         bail!(
             "{}: version {} expired at {}; re-sign it with `key sign` first",
@@ -363,7 +363,7 @@ fn publish(path: &Path, out: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let dest = out.join(trust::KEYLIST_FILE);
-    edgepatch::fsutil::write_atomic(&dest, &doc, false)
+    edgepatch::support::fsutil::write_atomic(&dest, &doc, false)
         .with_context(|| format!("writing {}", dest.display()))?;
     println!(
         "published key list version {} to {}",
@@ -386,8 +386,12 @@ fn init_root(out: &Path) -> Result<()> {
         .with_context(|| format!("{} (refusing to overwrite a root key)", key_path.display()))?;
     f.write_all(keys::secret_text(&kp.sk).as_bytes())?;
     f.sync_all()?;
-    edgepatch::fsutil::write_atomic(&pub_path, keys::public_text(&kp.pk).as_bytes(), false)
-        .with_context(|| format!("writing {}", pub_path.display()))?;
+    edgepatch::support::fsutil::write_atomic(
+        &pub_path,
+        keys::public_text(&kp.pk).as_bytes(),
+        false,
+    )
+    .with_context(|| format!("writing {}", pub_path.display()))?;
     println!("root key id {}", hex(&key_id(&kp.pk)));
     println!("secret {} (mode 0600, keep OFFLINE)", key_path.display());
     println!(

@@ -1,5 +1,5 @@
 use anyhow::{Context, Result};
-use edgepatch::keys::{public_text, secret_text};
+use edgepatch::bundle::keys::{public_text, secret_text};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -23,9 +23,9 @@ pub fn run(out: &Path) -> Result<()> {
         })?;
     f.write_all(secret_text(&kp.sk).as_bytes())?;
     f.sync_all()?;
-    edgepatch::fsutil::write_atomic(&pub_path, public_text(&kp.pk).as_bytes(), false)
+    edgepatch::support::fsutil::write_atomic(&pub_path, public_text(&kp.pk).as_bytes(), false)
         .with_context(|| format!("writing {}", pub_path.display()))?;
-    let id = edgepatch::format::hex(&edgepatch::keys::key_id(&kp.pk));
+    let id = edgepatch::bundle::format::hex(&edgepatch::bundle::keys::key_id(&kp.pk));
     println!("key id {id}");
     println!("secret {} (mode 0600, keep offline)", key_path.display());
     println!("public {} (bake into node images)", pub_path.display());

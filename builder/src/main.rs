@@ -87,7 +87,7 @@ fn main() {
     if let Err(e) = result {
         // Errors from the agent library carry the shared exit code; everything else is usage (1).
         let code = e
-            .downcast_ref::<edgepatch::error::Error>()
+            .downcast_ref::<edgepatch::support::error::Error>()
             .map_or(1, |ae| ae.exit.code());
         eprintln!("edgepatch-builder: {e:#}");
         std::process::exit(code);

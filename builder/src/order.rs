@@ -28,7 +28,7 @@ pub struct OrderArgs {
 pub fn run(args: &OrderArgs) -> Result<()> {
     let key_text = std::fs::read_to_string(&args.key)
         .with_context(|| format!("key {}", args.key.display()))?;
-    let sk = edgepatch::keys::parse_secret(&key_text, &args.key.display().to_string())
+    let sk = edgepatch::bundle::keys::parse_secret(&key_text, &args.key.display().to_string())
         .map_err(anyhow::Error::msg)?;
     write_order(
         &sk,
@@ -63,12 +63,12 @@ pub fn write_order(
             "{what} {v:?} must be printable with no spaces"
         );
     }
-    let issued = edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock);
+    let issued = edgepatch::support::clock::Clock::now(&edgepatch::support::clock::SystemClock);
     let body = format!(
         "edgepatch-order 1\nkind {kind}\nvariant {variant}\ncycle {cycle}\nissued {issued}\nexpires {}\n",
         issued + expires_in
     );
-    let doc = edgepatch::signed::seal(&body, &[sk]);
-    edgepatch::fsutil::write_atomic(out, doc.as_bytes(), false)
+    let doc = edgepatch::bundle::signed::seal(&body, &[sk]);
+    edgepatch::support::fsutil::write_atomic(out, doc.as_bytes(), false)
         .with_context(|| format!("writing {}", out.display()))
 }

@@ -1,6 +1,6 @@
 //! `policy check`: read and validate a PatchPolicy YAML document, and optionally check it against
 //! the bundle it pins. [`load_policy_yaml`] is also what `build --policy` embeds (compact form,
-//! see `edgepatch::policy`).
+//! see `edgepatch::bundle::policy`).
 //!
 //! The document has exactly the shape of the seed article; unknown fields are refused with their
 //! line number. edgepatch adds two optional fields under `spec.schedule.rolloutStrategy`:
@@ -29,9 +29,9 @@
 //! file, 2 `bundleRef` does not match the bundle (cycle or sha256).
 
 use anyhow::{anyhow, bail, Context, Result};
-use edgepatch::error::{Error, Exit};
-use edgepatch::format::{self, hex, Manifest};
-use edgepatch::policy::{self, tz, Policy, Tz, Window};
+use edgepatch::bundle::format::{self, hex, Manifest};
+use edgepatch::bundle::policy::{self, tz, Policy, Tz, Window};
+use edgepatch::support::error::{Error, Exit};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -388,12 +388,12 @@ fn issue(file: &Path, bundle: &Path, key: &Path, out: &Path) -> Result<()> {
     check_bundle(file, &p, bundle)?;
     let key_text =
         std::fs::read_to_string(key).with_context(|| format!("key {}", key.display()))?;
-    let sk = edgepatch::keys::parse_secret(&key_text, &key.display().to_string())
+    let sk = edgepatch::bundle::keys::parse_secret(&key_text, &key.display().to_string())
         .map_err(anyhow::Error::msg)?;
-    let mut r = edgepatch::cli::open_bundle(bundle)?;
+    let mut r = edgepatch::support::fsutil::open_bundle(bundle)?;
     let head = format::read_head(&mut r).map_err(Error::from)?;
     let m = Manifest::parse(&head.manifest_bytes).map_err(Error::from)?;
-    let issued = edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock);
+    let issued = edgepatch::support::clock::Clock::now(&edgepatch::support::clock::SystemClock);
     if p.batch_size.is_some() && p.rollout_start.is_none() {
         p.rollout_start = Some(issued as i64);
     }
@@ -406,8 +406,8 @@ fn issue(file: &Path, bundle: &Path, key: &Path, out: &Path) -> Result<()> {
     for (k, v) in p.to_lines() {
         body += &format!("policy {k} {v}\n");
     }
-    let doc = edgepatch::signed::seal(&body, &[&sk]);
-    edgepatch::fsutil::write_atomic(out, doc.as_bytes(), false)
+    let doc = edgepatch::bundle::signed::seal(&body, &[&sk]);
+    edgepatch::support::fsutil::write_atomic(out, doc.as_bytes(), false)
         .with_context(|| format!("writing {}", out.display()))?;
     println!(
         "policy for {} cycle {} issued to {}",
@@ -424,7 +424,7 @@ fn check(file: &Path, bundle: Option<&Path>, zoneinfo: &Path) -> Result<()> {
         check_bundle(file, &p, bundle)?;
     }
     let zone = p.load_zone(zoneinfo).map_err(anyhow::Error::msg)?;
-    let now = edgepatch::clock::Clock::now(&edgepatch::clock::SystemClock) as i64;
+    let now = edgepatch::support::clock::Clock::now(&edgepatch::support::clock::SystemClock) as i64;
     let next = p
         .next_window_start(&zone, now)
         .map(|t| policy::local_time(&zone, t))
@@ -455,7 +455,7 @@ fn check(file: &Path, bundle: Option<&Path>, zoneinfo: &Path) -> Result<()> {
 }
 
 fn check_bundle(file: &Path, p: &Policy, bundle: &Path) -> Result<()> {
-    let mut r = edgepatch::cli::open_bundle(bundle)?;
+    let mut r = edgepatch::support::fsutil::open_bundle(bundle)?;
     let head = format::read_head(&mut r).map_err(Error::from)?;
     let m = Manifest::parse(&head.manifest_bytes).map_err(Error::from)?;
     let (_, sum) = crate::build::hash_file(bundle)?;

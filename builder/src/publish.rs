@@ -1,5 +1,5 @@
 //! `publish`: lay out a static mirror tree that any web server, CDN, object store or rsync can
-//! serve, with one signed index per variant (format: `edgepatch::index`).
+//! serve, with one signed index per variant (format: `edgepatch::bundle::index`).
 //!
 //! ```text
 //! MIRROR/<variant>/index               signed; names every bundle below with its sha256
@@ -16,9 +16,11 @@
 //! do that from cron well within --index-expires-in.
 
 use anyhow::{anyhow, bail, Context, Result};
-use edgepatch::format::Manifest;
-use edgepatch::index::{check_file_name, check_variant, Index, IndexBundle, Order, DOC_TYPE};
-use edgepatch::keys::TrustedKey;
+use edgepatch::bundle::format::Manifest;
+use edgepatch::bundle::index::{
+    check_file_name, check_variant, Index, IndexBundle, Order, DOC_TYPE,
+};
+use edgepatch::bundle::keys::TrustedKey;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -106,19 +108,19 @@ fn copy_verified(
         // The variant is not known before the head is read: authenticate first, then check.
         let head = {
             let f = File::open(src).with_context(|| format!("bundle {}", src.display()))?;
-            edgepatch::verify::authenticate(&mut std::io::BufReader::new(f), trusted)
+            edgepatch::bundle::verify::authenticate(&mut std::io::BufReader::new(f), trusted)
                 .map_err(|e| anyhow!("{}: {e}", src.display()))?
         };
-        let node = edgepatch::verify::NodeFacts {
+        let node = edgepatch::bundle::verify::NodeFacts {
             variant: &head.manifest.variant,
             installed_sequence: None,
             now,
         };
-        let v = edgepatch::verify::verify_stream(
+        let v = edgepatch::bundle::verify::verify_stream(
             &mut tee,
             trusted,
             &node,
-            &mut edgepatch::verify::Discard,
+            &mut edgepatch::bundle::verify::Discard,
         )
         .map_err(|e| anyhow!("{}: {e}; not published", src.display()))?;
         let file = tee
@@ -128,7 +130,8 @@ fn copy_verified(
         file.sync_all()
             .with_context(|| format!("fsync {}", tmp.display()))?;
         std::fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
-        edgepatch::fsutil::sync_dir(dir).with_context(|| format!("fsync {}", dir.display()))?;
+        edgepatch::support::fsutil::sync_dir(dir)
+            .with_context(|| format!("fsync {}", dir.display()))?;
         Ok((
             v.manifest,
             tee.len,
@@ -155,7 +158,7 @@ fn read_old_index(path: &Path) -> Result<Option<Index>> {
     let rest = body
         .strip_prefix(&format!("{DOC_TYPE} 1\n"))
         .ok_or_else(|| anyhow!("{}: not an edgepatch index; move it away", path.display()))?;
-    let ix = Index::from_record(&edgepatch::kv::Record::parse(rest))
+    let ix = Index::from_record(&edgepatch::support::kv::Record::parse(rest))
         .map_err(|m| anyhow!("{}: {m}; fix or remove it", path.display()))?;
     Ok(Some(ix))
 }
@@ -176,13 +179,14 @@ fn bundle_file_name(m: &Manifest) -> String {
 pub fn run(args: &PublishArgs) -> Result<()> {
     let key_text = std::fs::read_to_string(&args.key)
         .with_context(|| format!("key {}", args.key.display()))?;
-    let sk = edgepatch::keys::parse_secret(&key_text, &args.key.display().to_string())
+    let sk = edgepatch::bundle::keys::parse_secret(&key_text, &args.key.display().to_string())
         .map_err(anyhow::Error::msg)?;
     let trusted = match &args.trusted {
-        Some(p) => edgepatch::keys::load_trusted(p).map_err(anyhow::Error::msg)?,
+        Some(p) => edgepatch::bundle::keys::load_trusted(p).map_err(anyhow::Error::msg)?,
         None => {
-            let text = edgepatch::keys::public_text(&sk.public_key());
-            vec![edgepatch::keys::parse_public(&text, "--key").map_err(anyhow::Error::msg)?]
+            let text = edgepatch::bundle::keys::public_text(&sk.public_key());
+            vec![edgepatch::bundle::keys::parse_public(&text, "--key")
+                .map_err(anyhow::Error::msg)?]
         }
     };
     let now = args.now.unwrap_or_else(unix_now);
@@ -194,7 +198,7 @@ pub fn run(args: &PublishArgs) -> Result<()> {
     for src in &args.bundles {
         let head = {
             let f = File::open(src).with_context(|| format!("bundle {}", src.display()))?;
-            edgepatch::verify::authenticate(&mut std::io::BufReader::new(f), &trusted)
+            edgepatch::bundle::verify::authenticate(&mut std::io::BufReader::new(f), &trusted)
                 .map_err(|e| anyhow!("{}: {e}", src.display()))?
         };
         let m = &head.manifest;
@@ -296,21 +300,21 @@ fn publish_variant(
             .unwrap_or_default();
         check_file_name(&name).map_err(|e| anyhow!("--order {}: {e}", src.display()))?;
         let data = std::fs::read(src).with_context(|| format!("--order {}", src.display()))?;
-        if data.len() > edgepatch::signed::MAX_DOC {
+        if data.len() > edgepatch::bundle::signed::MAX_DOC {
             bail!(
                 "--order {}: larger than {} bytes",
                 src.display(),
-                edgepatch::signed::MAX_DOC
+                edgepatch::bundle::signed::MAX_DOC
             );
         }
         let odir = vdir.join("orders");
         std::fs::create_dir_all(&odir).with_context(|| format!("creating {}", odir.display()))?;
-        edgepatch::fsutil::write_atomic(&odir.join(&name), &data, false)
+        edgepatch::support::fsutil::write_atomic(&odir.join(&name), &data, false)
             .with_context(|| format!("writing {}", odir.join(&name).display()))?;
         orders.retain(|o| o.file != name);
         orders.push(Order {
             file: name.clone(),
-            sha256: edgepatch::format::sha256(&data),
+            sha256: edgepatch::bundle::format::sha256(&data),
         });
         println!("order {} -> {variant}/orders/{name}", src.display());
     }
@@ -354,9 +358,9 @@ fn publish_variant(
             );
         }
     }
-    let doc = edgepatch::signed::seal(&index.render(), &[sk]);
+    let doc = edgepatch::bundle::signed::seal(&index.render(), &[sk]);
     std::fs::create_dir_all(&vdir).with_context(|| format!("creating {}", vdir.display()))?;
-    edgepatch::fsutil::write_atomic(&index_path, doc.as_bytes(), false)
+    edgepatch::support::fsutil::write_atomic(&index_path, doc.as_bytes(), false)
         .with_context(|| format!("writing {}", index_path.display()))?;
     for b in &pruned {
         let p = vdir.join("bundles").join(&b.file);

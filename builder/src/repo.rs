@@ -3,8 +3,8 @@
 //! createrepo_c for .rpm. Packages live under `pool/` in both.
 
 use anyhow::{bail, Context, Result};
-use edgepatch::cmd::Cmd;
-use edgepatch::format::hex;
+use edgepatch::bundle::format::hex;
+use edgepatch::support::cmd::Cmd;
 use std::path::{Path, PathBuf};
 
 pub struct Package {

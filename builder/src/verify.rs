@@ -1,14 +1,14 @@
 use anyhow::{anyhow, Result};
-use edgepatch::clock::{Clock, SystemClock};
-use edgepatch::format::hex;
-use edgepatch::verify::{verify_stream, Discard, NodeFacts, Verified};
+use edgepatch::bundle::format::hex;
+use edgepatch::bundle::verify::{verify_stream, Discard, NodeFacts, Verified};
+use edgepatch::support::clock::{Clock, SystemClock};
 use std::path::Path;
 
 /// Verify with one public key; the bundle's own variant, no sequence history.
 pub fn run(public: &Path, bundle: &Path) -> Result<()> {
     let text = std::fs::read_to_string(public).map_err(|e| anyhow!("{}: {e}", public.display()))?;
-    let key = edgepatch::keys::parse_public(&text, &public.display().to_string())
-        .map_err(edgepatch::error::Error::usage)?;
+    let key = edgepatch::bundle::keys::parse_public(&text, &public.display().to_string())
+        .map_err(edgepatch::support::error::Error::usage)?;
     let v = verify_file(bundle, &[key], SystemClock.now())?;
     let m = &v.manifest;
     println!(
@@ -27,16 +27,16 @@ pub fn run(public: &Path, bundle: &Path) -> Result<()> {
 /// Read a bundle through the agent's reader, as a node of its own variant would at `now`.
 pub fn verify_file(
     bundle: &Path,
-    keys: &[edgepatch::keys::TrustedKey],
+    keys: &[edgepatch::bundle::keys::TrustedKey],
     now: u64,
-) -> Result<Verified, edgepatch::error::Error> {
-    let mut r = edgepatch::cli::open_bundle(bundle)?;
-    let auth = edgepatch::verify::authenticate(&mut r, keys)?;
+) -> Result<Verified, edgepatch::support::error::Error> {
+    let mut r = edgepatch::support::fsutil::open_bundle(bundle)?;
+    let auth = edgepatch::bundle::verify::authenticate(&mut r, keys)?;
     let node = NodeFacts {
         variant: &auth.manifest.variant,
         installed_sequence: None,
         now,
     };
-    let mut r = edgepatch::cli::open_bundle(bundle)?;
+    let mut r = edgepatch::support::fsutil::open_bundle(bundle)?;
     verify_stream(&mut r, keys, &node, &mut Discard)
 }

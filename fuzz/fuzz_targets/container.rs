@@ -2,7 +2,7 @@
 //! through `EntryReader` (size caps, inflate, sha256) and the end-of-bundle check. Signatures
 //! are not checked here (no fuzzer forges Ed25519); everything after them is reached anyway.
 #![no_main]
-use edgepatch::format::{self, EntryKind, EntryReader, Manifest};
+use edgepatch::bundle::format::{self, EntryKind, EntryReader, Manifest};
 use libfuzzer_sys::fuzz_target;
 use std::io::Read;
 

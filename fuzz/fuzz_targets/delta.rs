@@ -4,7 +4,7 @@
 //! Input: 2 bytes (little endian) = length of the base, the base, then the patch. Patches that
 //! list gzip members to compress back are not applied (that step runs the system's gzip).
 #![no_main]
-use edgepatch::delta::{self, DeltaError, Header};
+use edgepatch::bundle::delta::{self, DeltaError, Header};
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
 

@@ -1,7 +1,7 @@
 //! The manifest parser: any bytes in, an error or a manifest out; a parsed manifest serialises
 //! back to bytes that parse to the same manifest.
 #![no_main]
-use edgepatch::format::Manifest;
+use edgepatch::bundle::format::Manifest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Manifest::parse(&bytes).expect("and parses back"), m);
         let _ = m.payload_len();
         for e in &m.entries {
-            edgepatch::format::check_entry_name(&e.name).expect("parser checked names");
+            edgepatch::bundle::format::check_entry_name(&e.name).expect("parser checked names");
         }
     }
 });

@@ -1,7 +1,7 @@
 //! The rollout policy as signed into a manifest (`policy <key> <value>` lines) and the window
 //! syntax (policy windows and the config's transfer_window).
 #![no_main]
-use edgepatch::policy::{Policy, Window};
+use edgepatch::bundle::policy::{Policy, Window};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,10 +6,12 @@
 use super::db;
 use super::model::WireReport;
 use anyhow::{bail, Context};
-use edgepatch::error::{Error as AgentError, Exit};
-use edgepatch::format::{hex, parse_hex};
-use edgepatch::keys;
-use edgepatch::report::{EXPORT_FORMAT, EXPORT_JSON, EXPORT_SIG, NODE_PUB_FILE, SIGNATURE_TAG};
+use edgepatch::bundle::format::{hex, parse_hex};
+use edgepatch::bundle::keys;
+use edgepatch::support::error::{Error as AgentError, Exit};
+use edgepatch::transport::report::{
+    EXPORT_FORMAT, EXPORT_JSON, EXPORT_SIG, NODE_PUB_FILE, SIGNATURE_TAG,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 

@@ -110,7 +110,7 @@ pub fn fleet(a: &FleetArgs) -> anyhow::Result<()> {
         anyhow::ensure!((1..=100).contains(&percent), "--halt-over must be 1 to 100");
         let text = std::fs::read_to_string(key)
             .map_err(|e| anyhow::anyhow!("halt key {}: {e}", key.display()))?;
-        let sk = edgepatch::keys::parse_secret(&text, &key.display().to_string())
+        let sk = edgepatch::bundle::keys::parse_secret(&text, &key.display().to_string())
             .map_err(anyhow::Error::msg)?;
         let rule = halt::HaltRule {
             percent,

@@ -60,7 +60,7 @@ pub fn state_of(command: &str, exit_code: i32) -> Option<&'static str> {
     })
 }
 
-/// One report as agents write it (`edgepatch::report::Report::to_json`).
+/// One report as agents write it (`edgepatch::transport::report::Report::to_json`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct WireReport {
     pub id: String,
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn agent_json_parses() {
-        let r = edgepatch::report::Report {
+        let r = edgepatch::transport::report::Report {
             id: "n1-5-1-0".into(),
             node_id: "n1".into(),
             variant: "v".into(),

@@ -1,0 +1,56 @@
+//! Small lists in state_dir that gate installs: `refused` (cycles rolled back here; never
+//! installed again, exit 4), `halted` (cycles a signed halt order stopped, exit 5) and `orders`
+//! (sha256 of every order already carried out; orders are idempotent). `snapshots` lists the
+//! snapshot ids taken, oldest first.
+
+use std::path::{Path, PathBuf};
+
+pub fn list_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join(name)
+}
+
+pub fn read_list(state_dir: &Path, name: &str) -> Vec<String> {
+    std::fs::read_to_string(list_path(state_dir, name))
+        .map(|t| {
+            t.lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn add_to_list(state_dir: &Path, name: &str, item: &str) {
+    let mut items = read_list(state_dir, name);
+    if items.iter().any(|i| i == item) {
+        return;
+    }
+    items.push(item.to_string());
+    // Bounded: the oldest entries matter least (sequences only grow).
+    let skip = items.len().saturating_sub(200);
+    let text: String = items[skip..].iter().map(|i| format!("{i}\n")).collect();
+    if let Err(e) =
+        crate::support::fsutil::write_atomic(&list_path(state_dir, name), text.as_bytes(), false)
+    {
+        log::warn!("cannot record {item} in {name}: {e}");
+    }
+}
+
+pub fn refuse_cycle(state_dir: &Path, cycle: &str) {
+    add_to_list(state_dir, "refused", cycle);
+}
+
+pub fn is_refused(state_dir: &Path, cycle: &str) -> bool {
+    read_list(state_dir, "refused").iter().any(|c| c == cycle)
+}
+
+/// Has the order with this sha256 (hex) been carried out on this node already?
+pub fn order_done(state_dir: &Path, sha256_hex: &str) -> bool {
+    read_list(state_dir, "orders")
+        .iter()
+        .any(|d| d == sha256_hex)
+}
+
+pub fn is_halted(state_dir: &Path, cycle: &str) -> bool {
+    read_list(state_dir, "halted").iter().any(|c| c == cycle)
+}

@@ -1,0 +1,138 @@
+//! Rebuilding a delta entry on the node while staging: find the base file among the packages the
+//! node keeps from earlier bundles (state_dir/cache), apply the patch, and hand the result to the
+//! staging sink, which keeps it only if its size and sha256 match the signed manifest.
+
+use crate::bundle::delta::{
+    apply_patch, corrupt, deb_member, DeltaError, HashingWriter, Header, Source,
+};
+use crate::bundle::format::{hex, Entry, EntryKind, Manifest};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use crate::bundle::delta::CHUNK;
+
+/// Node side: rebuild `entry` from the staged patch file and its base, into `out`. Checks the
+/// result's size and sha256 against the signed entry.
+pub fn rebuild(
+    entry: &Entry,
+    patch_path: &Path,
+    base: &Path,
+    tmp_dir: &Path,
+    out: File,
+) -> Result<(), DeltaError> {
+    let patch = File::open(patch_path)?;
+    let header = Header::read(&mut (&patch), entry.size)?;
+    if header.output_len() != entry.size {
+        return Err(corrupt(format!(
+            "produces {} bytes, manifest says {}",
+            header.output_len(),
+            entry.size
+        )));
+    }
+    let mut source = |s: Source| -> Result<File, DeltaError> {
+        match s {
+            Source::Whole => Ok(File::open(base)?),
+            s => deb_member(base, s, tmp_dir),
+        }
+    };
+    let mut w = HashingWriter::new(io::BufWriter::with_capacity(CHUNK, out));
+    apply_patch(&patch, &header, &mut source, tmp_dir, &mut w)?;
+    let (buf, written, sum) = w.finish();
+    let f = buf
+        .into_inner()
+        .map_err(|e| DeltaError::Io(e.into_error()))?;
+    if written != entry.size || sum != entry.sha256 {
+        return Err(corrupt(format!(
+            "rebuilt {} is {written} bytes sha256 {}, manifest says {} bytes {}",
+            entry.name,
+            hex(&sum),
+            entry.size,
+            hex(&entry.sha256)
+        )));
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Which bases does the node hold?
+
+/// The files of the bundles this node keeps (`cache/current`, `cache/previous`), by sha256,
+/// as their staged manifests describe them.
+#[derive(Debug, Default)]
+pub struct BaseIndex {
+    files: Vec<(String, [u8; 32], u64, PathBuf)>,
+    /// sha256 of each cached manifest.
+    pub manifests: Vec<[u8; 32]>,
+}
+
+impl BaseIndex {
+    pub fn load(base_dirs: &[PathBuf]) -> BaseIndex {
+        let mut idx = BaseIndex::default();
+        for dir in base_dirs {
+            let Ok(bytes) = std::fs::read(dir.join(crate::node::store::MANIFEST_FILE)) else {
+                continue;
+            };
+            let Ok(m) = Manifest::parse(&bytes) else {
+                log::warn!("cache {}: unreadable manifest, ignored", dir.display());
+                continue;
+            };
+            idx.manifests.push(crate::bundle::format::sha256(&bytes));
+            for e in m.entries {
+                let path = dir.join(&e.name);
+                idx.files.push((e.name, e.sha256, e.size, path));
+            }
+        }
+        idx
+    }
+
+    /// A cached file with this sha256 (and, when given, this name) that exists with its size.
+    pub fn find(&self, sha: &[u8; 32], name: Option<&str>) -> Option<&Path> {
+        self.files
+            .iter()
+            .filter(|(n, s, _, _)| s == sha && name.is_none_or(|want| want == n))
+            .find(|(_, _, size, p)| std::fs::metadata(p).is_ok_and(|m| m.len() == *size))
+            .map(|(_, _, _, p)| p.as_path())
+    }
+
+    /// Names of the entries of `m` this node cannot produce from its cache.
+    pub fn missing(&self, m: &Manifest) -> Vec<String> {
+        m.entries
+            .iter()
+            .filter(|e| match e.kind {
+                EntryKind::File => false,
+                EntryKind::Ref => self.find(&e.sha256, Some(&e.name)).is_none(),
+                EntryKind::Delta => e.base_sha256.is_none_or(|b| self.find(&b, None).is_none()),
+            })
+            .map(|e| e.name.clone())
+            .collect()
+    }
+}
+
+/// For `fetch`: can this node apply the bundle with this manifest from what it holds? True for
+/// every full bundle; for a delta bundle only if each `ref` and each delta's base is in the
+/// package cache (cheap: manifests and file sizes; staging still checks every sha256). When false,
+/// fetch the full bundle of the same cycle instead.
+pub fn can_use_delta(state_dir: &Path, manifest: &Manifest) -> bool {
+    let dirs = [
+        crate::node::store::cache_current(state_dir),
+        crate::node::store::cache_previous(state_dir),
+    ];
+    BaseIndex::load(&dirs).missing(manifest).is_empty()
+}
+
+/// Sha256 of a file, streaming.
+pub fn file_sha256(path: &Path) -> io::Result<[u8; 32]> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finalize().into());
+        }
+        h.update(&buf[..n]);
+    }
+}

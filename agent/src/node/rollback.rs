@@ -1,0 +1,273 @@
+//! The safety net around an install: the snapshot taken before it, the health check after it,
+//! and every way back — automatic (health check failed), manual (`edgepatch rollback` on the
+//! serial console) and remote (a signed rollback order from the mirror index or a USB stick).
+//!
+//! `last-apply` in state_dir records what the last successful apply changed (cycle, snapshot id,
+//! pre-patch package versions, the previously installed bundle), so `rollback` can undo it with
+//! any backend. The lists that gate later installs (refused, halted, orders) are in `marks`.
+
+use crate::bundle::format::{hex, Manifest};
+use crate::node::ctx::{Ctx, RunInfo};
+use crate::node::health::HealthSpec;
+use crate::node::marks::{add_to_list, list_path, order_done, read_list, refuse_cycle};
+use crate::node::pkg::PackageManager;
+use crate::node::restore::{decode_versions, restore_packages};
+use crate::node::snapshot::{Backend, Restored, Snapshots};
+use crate::node::state::Installed;
+use crate::support::error::{Error, Exit, Result};
+use crate::support::kv::Record;
+use std::path::Path;
+use std::time::Duration;
+
+/// The health check for this bundle: the policy's URL and timeout win over the node config's;
+/// the command always comes from the node config (it is the node's own notion of healthy).
+pub fn health_spec(config: &crate::support::config::Config, manifest: &Manifest) -> HealthSpec {
+    let policy = crate::bundle::policy::Policy::from_lines(&manifest.policy).ok();
+    let enabled = policy.as_ref().is_none_or(|p| p.rollback);
+    if !enabled {
+        return HealthSpec {
+            url: None,
+            command: None,
+            timeout: Duration::ZERO,
+        };
+    }
+    let url = policy
+        .as_ref()
+        .and_then(|p| p.health_check_url.clone())
+        .or_else(|| config.health_url.clone());
+    let timeout = policy
+        .as_ref()
+        .filter(|p| p.health_check_url.is_some())
+        .map_or(config.health_timeout, |p| p.health_check_timeout_seconds);
+    HealthSpec {
+        url,
+        command: config.health_command.clone(),
+        timeout: Duration::from_secs(timeout),
+    }
+}
+
+/// Snapshot the root before install; returns the id to journal.
+pub fn take_snapshot(ctx: &Ctx, manifest: &Manifest) -> std::result::Result<String, String> {
+    let snaps = Snapshots::new(&ctx.config.root);
+    let backend = snaps.choose(&ctx.config.snapshot)?;
+    let label = format!(
+        "{}-{}",
+        manifest.sequence,
+        crate::support::clock::Clock::now(ctx.clock)
+    );
+    let id = snaps.create(backend, &label)?;
+    log::info!("snapshot {id} taken before install");
+    Ok(id)
+}
+
+/// Put the root back to its pre-patch state: the filesystem snapshot when there is one, else the
+/// pre-patch package versions from the journal. Returns a one-line account.
+pub fn undo(ctx: &Ctx, pm: &dyn PackageManager, journal: &Record) -> String {
+    let pre = decode_versions(journal.get("pre").unwrap_or(""));
+    let snapshot = journal.get("snapshot").unwrap_or("none:");
+    let backend = snapshot.split(':').next().and_then(Backend::from_name);
+    if matches!(
+        backend,
+        Some(Backend::Btrfs | Backend::LvmThin | Backend::Timeshift)
+    ) {
+        match Snapshots::new(&ctx.config.root).restore(snapshot) {
+            Ok(Restored::Now) => return format!("snapshot {snapshot} restored"),
+            Ok(Restored::AfterReboot) => {
+                return format!("snapshot {snapshot} restores at next boot: REBOOT REQUIRED")
+            }
+            Err(e) => log::error!("restoring {snapshot} failed ({e}); restoring packages instead"),
+        }
+    }
+    restore_packages(ctx, pm, &pre)
+}
+
+/// Record what a successful apply changed and prune old snapshots.
+pub fn remember_apply(ctx: &Ctx, journal: &Record) {
+    let sd = ctx.state_dir();
+    let mut r = Record::new();
+    const KEYS: [&str; 10] = [
+        "cycle",
+        "sequence",
+        "manifest_sha256",
+        "snapshot",
+        "pre",
+        "package_manager",
+        "prev_cycle",
+        "prev_sequence",
+        "prev_manifest_sha256",
+        "prev_applied_at",
+    ];
+    for key in KEYS {
+        if let Some(v) = journal.get(key) {
+            r.set(key, v);
+        }
+    }
+    if let Err(e) = r.save(&sd.join("last-apply")) {
+        log::warn!("cannot write last-apply: {e}");
+    }
+    if let Some(id) = journal.get("snapshot") {
+        add_to_list(sd, "snapshots", id);
+        let ids = read_list(sd, "snapshots");
+        let keep = ctx.config.snapshot_keep as usize;
+        if ids.len() > keep {
+            let snaps = Snapshots::new(&ctx.config.root);
+            for old in &ids[..ids.len() - keep] {
+                if let Err(e) = snaps.delete(old) {
+                    log::warn!("cannot prune snapshot {old}: {e}");
+                }
+            }
+            let text: String = ids[ids.len() - keep..]
+                .iter()
+                .map(|i| format!("{i}\n"))
+                .collect();
+            let _ = crate::support::fsutil::write_atomic(
+                &list_path(sd, "snapshots"),
+                text.as_bytes(),
+                false,
+            );
+        }
+    }
+}
+
+pub fn roll_back_last(ctx: &Ctx, info: &mut RunInfo) -> Result<String> {
+    let sd = ctx.state_dir();
+    let path = sd.join("last-apply");
+    let last = Record::load(&path).map_err(|e| Error::io(Exit::Usage, &path, e))?;
+    let Some(last) = last else {
+        return Err(Error::new(
+            Exit::NotApplicable,
+            "no applied bundle to roll back on this node",
+        ));
+    };
+    let cycle = last.get("cycle").unwrap_or("-").to_string();
+    info.cycle = Some(cycle.clone());
+    if last.get("rolled_back") == Some("yes") {
+        return Ok(format!("cycle {cycle} already rolled back"));
+    }
+    let mut journal = last.clone();
+    journal.set("op", "rollback").set("step", "restoring");
+    let jp = crate::node::status::journal_path(sd);
+    journal
+        .save(&jp)
+        .map_err(|e| Error::io(Exit::Usage, &jp, e))?;
+    crate::support::testhook::pause_point("rollback");
+    finish_rollback(ctx, &journal, info)
+}
+
+/// Restore, re-point `installed` at the previous bundle, refuse the cycle. Safe to run twice
+/// (used again by `recover` when a rollback was interrupted).
+pub fn finish_rollback(ctx: &Ctx, journal: &Record, info: &mut RunInfo) -> Result<String> {
+    let sd = ctx.state_dir();
+    let cycle = journal.get("cycle").unwrap_or("-").to_string();
+    let pm = ctx.package_manager()?;
+    let account = undo(ctx, pm.as_ref(), journal);
+    info.restored = Some(account.clone());
+    let previous = journal
+        .get("prev_manifest_sha256")
+        .and_then(crate::bundle::format::parse_hex)
+        .map(|sum| Installed {
+            cycle: journal.get("prev_cycle").unwrap_or("-").to_string(),
+            sequence: journal.num("prev_sequence").unwrap_or(0),
+            manifest_sha256: sum,
+            applied_at: journal.num("prev_applied_at").unwrap_or(0),
+        });
+    match previous {
+        Some(p) => p.save(sd)?,
+        None => match std::fs::remove_file(sd.join("installed")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(Exit::Usage, &sd.join("installed"), e))
+            }
+            _ => {}
+        },
+    }
+    refuse_cycle(sd, &cycle);
+    let mut last = journal.clone();
+    last.set("rolled_back", "yes");
+    for k in ["op", "step"] {
+        last.fields.retain(|(key, _)| key != k);
+    }
+    let lp = sd.join("last-apply");
+    last.save(&lp).map_err(|e| Error::io(Exit::Usage, &lp, e))?;
+    let jp = crate::node::status::journal_path(sd);
+    let _ = std::fs::remove_file(&jp);
+    if account.contains("FAILED") {
+        return Err(Error::new(
+            Exit::InstallFailed,
+            format!("rollback of {cycle}: {account}"),
+        ));
+    }
+    Ok(format!("cycle {cycle} rolled back: {account}"))
+}
+
+/// A signed order (`edgepatch-order`): `kind rollback|halt`, `variant`, `cycle`, `issued`,
+/// `expires`. Rollback: a node with that cycle installed rolls back; any node refuses to install
+/// it afterwards. Halt: nodes that have not installed the cycle defer it until a newer cycle.
+pub fn carry_out_order(ctx: &Ctx, path: &Path, info: &mut RunInfo) -> Result<String> {
+    let sd = ctx.state_dir();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(Exit::Usage, path, e))?;
+    if bytes.len() > crate::bundle::signed::MAX_DOC {
+        return Err(Error::new(
+            Exit::Integrity,
+            format!(
+                "{}: order larger than {} bytes",
+                path.display(),
+                crate::bundle::signed::MAX_DOC
+            ),
+        ));
+    }
+    let order = crate::bundle::signed::open(&bytes, "edgepatch-order", ctx.trusted, 1)
+        .map_err(|m| Error::new(Exit::Authenticity, format!("{}: {m}", path.display())))?;
+    let field = |k: &str| {
+        order.get(k).map(str::to_string).ok_or_else(|| {
+            Error::new(
+                Exit::Integrity,
+                format!("{}: order has no {k}", path.display()),
+            )
+        })
+    };
+    let (kind, variant, cycle) = (field("kind")?, field("variant")?, field("cycle")?);
+    info.cycle = Some(cycle.clone());
+    if variant != ctx.config.variant {
+        return Err(Error::new(
+            Exit::NotApplicable,
+            format!(
+                "order is for variant {variant}, this node is {}",
+                ctx.config.variant
+            ),
+        ));
+    }
+    let now = ctx.now();
+    if order.num("expires").is_none_or(|e| e <= now) {
+        return Err(Error::new(
+            Exit::NotApplicable,
+            format!("{kind} order for {cycle} has expired"),
+        ));
+    }
+    let digest = hex(&crate::bundle::format::sha256(&bytes));
+    if order_done(sd, &digest) {
+        return Ok(format!("{kind} order for {cycle} already carried out"));
+    }
+    let result = match kind.as_str() {
+        "rollback" => {
+            let installed = Installed::load(sd)?;
+            if installed.is_some_and(|i| i.cycle == cycle) {
+                roll_back_last(ctx, info)
+            } else {
+                refuse_cycle(sd, &cycle);
+                Ok(format!(
+                    "cycle {cycle} is not installed here; it will be refused"
+                ))
+            }
+        }
+        "halt" => {
+            add_to_list(sd, "halted", &cycle);
+            Ok(format!("rollout of {cycle} halted on this node"))
+        }
+        other => Err(Error::new(
+            Exit::Integrity,
+            format!("unknown order kind {other:?}"),
+        )),
+    }?;
+    add_to_list(sd, "orders", &digest);
+    Ok(result)
+}

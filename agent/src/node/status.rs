@@ -1,0 +1,196 @@
+//! The status file `state_dir/status.json`: what a kiosk UI, a monitoring agent or a technician
+//! on a serial console reads. It is a rendering, rewritten atomically after every step from the
+//! agent's own records (installed, journal, last-result, quarantine), never read back.
+
+use crate::node::state::Installed;
+use crate::support::config::Config;
+use crate::support::error::Exit;
+use crate::support::json::{self, Object};
+use crate::support::kv::Record;
+use std::path::{Path, PathBuf};
+
+pub fn last_result_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("last-result")
+}
+
+pub fn journal_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("journal")
+}
+
+/// The outcome of the last run, as recorded in `last-result`.
+#[derive(Debug, Clone, Default)]
+pub struct LastResult {
+    pub record: Record,
+}
+
+impl LastResult {
+    pub fn load(state_dir: &Path) -> LastResult {
+        LastResult {
+            record: Record::load(&last_result_path(state_dir))
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Record a run's outcome. `alert` stays raised until a later apply succeeds.
+pub fn record_result(
+    state_dir: &Path,
+    command: &str,
+    exit: Exit,
+    reason: &str,
+    cycle: Option<&str>,
+    now: u64,
+    extra: &[(&str, String)],
+) -> std::io::Result<()> {
+    let old = LastResult::load(state_dir).record;
+    let raise = matches!(exit, Exit::Integrity | Exit::Authenticity);
+    let alert =
+        raise || (old.get("alert") == Some("yes") && !(command == "apply" && exit == Exit::Ok));
+    let mut r = Record::new();
+    r.set("command", command)
+        .set("exit", exit.code())
+        .set("result", exit.word())
+        .set("reason", reason)
+        .set("time", now)
+        .set("cycle", cycle.unwrap_or("-"))
+        .set("alert", if alert { "yes" } else { "no" });
+    for (k, v) in extra {
+        r.set(k, v);
+    }
+    r.save(&last_result_path(state_dir))
+}
+
+/// Everything status.json shows.
+pub struct Status {
+    pub node_id: String,
+    pub variant: String,
+    pub installed: Option<Installed>,
+    pub step: String,
+    pub journal: Option<Record>,
+    pub last: Record,
+    pub quarantined: Vec<String>,
+}
+
+impl Status {
+    pub fn gather(config: &Config) -> Status {
+        let sd = &config.state_dir;
+        let journal = Record::load(&journal_path(sd)).ok().flatten();
+        Status {
+            node_id: config.node_id.clone(),
+            variant: config.variant.clone(),
+            installed: Installed::load(sd).ok().flatten(),
+            step: journal
+                .as_ref()
+                .and_then(|j| j.get("step"))
+                .unwrap_or("idle")
+                .to_string(),
+            journal,
+            last: LastResult::load(sd).record,
+            quarantined: crate::node::store::list_quarantine(sd),
+        }
+    }
+
+    pub fn alert(&self) -> bool {
+        self.last.get("alert") == Some("yes")
+    }
+
+    pub fn to_json(&self) -> String {
+        let inst = self.installed.as_ref();
+        let last = &self.last;
+        let last_json = if last.fields.is_empty() {
+            "null".to_string()
+        } else {
+            let mut o = Object::new()
+                .str("command", last.get("command").unwrap_or("-"))
+                .num("exit_code", last.num("exit").unwrap_or(0))
+                .str("result", last.get("result").unwrap_or("-"))
+                .str("reason", last.get("reason").unwrap_or(""))
+                .num("time", last.num("time").unwrap_or(0))
+                .opt_str("cycle", last.get("cycle").filter(|c| *c != "-"));
+            for key in ["restored", "snapshot", "next_window", "health"] {
+                if let Some(v) = last.get(key) {
+                    o = o.str(key, v);
+                }
+            }
+            o.finish()
+        };
+        let staged = self.journal.as_ref().map(|j| {
+            Object::new()
+                .str("cycle", j.get("cycle").unwrap_or("-"))
+                .num("sequence", j.num("sequence").unwrap_or(0))
+                .str("bundle", j.get("bundle").unwrap_or("-"))
+                .str("staging_dir", j.get("staging").unwrap_or("-"))
+                .opt_str("snapshot", j.get("snapshot"))
+                .finish()
+        });
+        Object::new()
+            .num("schema", 1u64)
+            .str("node_id", &self.node_id)
+            .str("variant", &self.variant)
+            .opt_str("installed_cycle", inst.map(|i| i.cycle.as_str()))
+            .opt_num("installed_sequence", inst.map(|i| i.sequence))
+            .opt_num("applied_at", inst.map(|i| i.applied_at))
+            .str("step", &self.step)
+            .raw("last_result", &last_json)
+            .raw("staged", staged.as_deref().unwrap_or("null"))
+            .raw(
+                "quarantined",
+                &json::array(self.quarantined.iter().map(|q| json::string(q))),
+            )
+            .bool("alert", self.alert())
+            .finish()
+            + "\n"
+    }
+
+    /// A few short lines for an 80-column serial console.
+    pub fn to_lines(&self) -> String {
+        let mut s = format!("node      {} ({})\n", self.node_id, self.variant);
+        match &self.installed {
+            Some(i) => {
+                s += &format!(
+                    "installed {} seq {} at {}\n",
+                    i.cycle, i.sequence, i.applied_at
+                )
+            }
+            None => s += "installed nothing yet\n",
+        }
+        s += &format!("step      {}\n", self.step);
+        if let Some(r) = self.last.get("result") {
+            s += &format!(
+                "last      {} {} (exit {}) at {}\n",
+                self.last.get("command").unwrap_or("-"),
+                r,
+                self.last.get("exit").unwrap_or("?"),
+                self.last.get("time").unwrap_or("?")
+            );
+            if let Some(reason) = self.last.get("reason").filter(|r| !r.is_empty()) {
+                s += &format!("reason    {reason}\n");
+            }
+            if let Some(restored) = self.last.get("restored") {
+                s += &format!("restored  {restored}\n");
+            }
+        }
+        if !self.quarantined.is_empty() {
+            s += &format!(
+                "quarantine {} bundle(s), newest {}\n",
+                self.quarantined.len(),
+                self.quarantined[self.quarantined.len() - 1]
+            );
+        }
+        if self.alert() {
+            s += "ALERT     a bundle failed verification; see quarantine/\n";
+        }
+        s
+    }
+}
+
+/// Rewrite status.json; failures are logged, never fatal (the node must keep patching).
+pub fn write(config: &Config) {
+    let path = config.state_dir.join("status.json");
+    let text = Status::gather(config).to_json();
+    if let Err(e) = crate::support::fsutil::write_atomic(&path, text.as_bytes(), false) {
+        log::warn!("cannot write {}: {e}", path.display());
+    }
+}

@@ -1,0 +1,127 @@
+//! Bundles on the node: `state_dir/incoming/` holds complete bundles (`*.epb`; downloads in
+//! progress are `*.partial` and never looked at), `state_dir/quarantine/` holds bundles that
+//! failed verification, each with a `.reason` file. Nothing is ever deleted silently: when the
+//! quarantine passes its cap the oldest entry is removed and that is logged.
+
+use crate::bundle::format::Manifest;
+use crate::bundle::keys::TrustedKey;
+use crate::support::error::{Error, Exit, Result};
+use std::path::{Path, PathBuf};
+
+pub const QUARANTINE_CAP: usize = 8;
+/// Where the raw manifest of a staged bundle is kept (entry names cannot start with a dot).
+pub const MANIFEST_FILE: &str = ".edgepatch-manifest";
+
+pub fn incoming_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("incoming")
+}
+
+pub fn quarantine_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("quarantine")
+}
+
+/// The complete bundle in incoming/ with the highest sequence that is signed by a trusted key and
+/// meant for `variant`. Bundles that fail even this first look are left for `apply` to quarantine.
+pub fn newest_complete(state_dir: &Path, trusted: &[TrustedKey], variant: &str) -> Option<PathBuf> {
+    let mut best: Option<(u64, PathBuf)> = None;
+    let mut fallback = None;
+    let entries = std::fs::read_dir(incoming_dir(state_dir)).ok()?;
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.extension().is_none_or(|x| x != "epb") {
+            continue;
+        }
+        let head = crate::support::fsutil::open_bundle(&path)
+            .ok()
+            .and_then(|mut r| crate::bundle::verify::authenticate(&mut r, trusted).ok());
+        match head {
+            Some(v) if v.manifest.variant == variant => {
+                if best.as_ref().is_none_or(|(s, _)| v.manifest.sequence > *s) {
+                    best = Some((v.manifest.sequence, path));
+                }
+            }
+            Some(_) => {}
+            None => fallback = Some(path),
+        }
+    }
+    best.map(|(_, p)| p).or(fallback)
+}
+
+/// Move a bad bundle aside with the reason; returns where it went.
+pub fn quarantine(state_dir: &Path, bundle: &Path, reason: &str, now: u64) -> Result<PathBuf> {
+    let qdir = quarantine_dir(state_dir);
+    crate::support::fsutil::create_dir_mode(&qdir, 0o700)
+        .map_err(|e| Error::io(Exit::Usage, &qdir, e))?;
+    let name = bundle
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
+    let target = qdir.join(format!("{now}-{name}"));
+    if std::fs::rename(bundle, &target).is_err() {
+        // Another filesystem (USB stick) or read-only medium: keep a copy, leave the original.
+        if let Err(e) = std::fs::copy(bundle, &target) {
+            log::warn!("cannot copy {} into quarantine: {e}", bundle.display());
+        }
+    }
+    let reason_file = qdir.join(format!("{now}-{name}.reason"));
+    let text = format!("source {}\nreason {reason}\ntime {now}\n", bundle.display());
+    crate::support::fsutil::write_atomic(&reason_file, text.as_bytes(), false)
+        .map_err(|e| Error::io(Exit::Usage, &reason_file, e))?;
+    prune(&qdir);
+    Ok(target)
+}
+
+fn prune(qdir: &Path) {
+    let mut reasons = list_quarantine_in(qdir);
+    while reasons.len() > QUARANTINE_CAP {
+        let oldest = reasons.remove(0);
+        log::warn!("quarantine holds more than {QUARANTINE_CAP}; removing oldest {oldest}");
+        let _ = std::fs::remove_file(qdir.join(&oldest));
+        let _ = std::fs::remove_file(qdir.join(format!("{oldest}.reason")));
+    }
+}
+
+fn list_quarantine_in(qdir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(qdir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".reason"))
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Names start with the unix time, so a numeric sort is oldest first.
+    names.sort_by_key(|n| {
+        (
+            n.split('-')
+                .next()
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0),
+            n.clone(),
+        )
+    });
+    names
+}
+
+/// Quarantined bundles, oldest first (file names in quarantine/).
+pub fn list_quarantine(state_dir: &Path) -> Vec<String> {
+    list_quarantine_in(&quarantine_dir(state_dir))
+}
+
+/// The package cache of the bundle last applied: the staged directory kept after success.
+pub fn cache_current(state_dir: &Path) -> PathBuf {
+    state_dir.join("cache/current")
+}
+
+pub fn cache_previous(state_dir: &Path) -> PathBuf {
+    state_dir.join("cache/previous")
+}
+
+/// Manifest of a cache dir (None if absent or damaged).
+pub fn cached_manifest(dir: &Path) -> Option<Manifest> {
+    let bytes = std::fs::read(dir.join(MANIFEST_FILE)).ok()?;
+    Manifest::parse(&bytes).ok()
+}
