@@ -911,7 +911,7 @@ fn staging_without_free_space_defers_before_writing() {
     // A 4 MiB tmpfs as state_dir: less than the staging margin, whatever the bundle.
     std::fs::create_dir_all(&node.state_dir).unwrap();
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
         .arg(&node.state_dir)
         .status()
         .map(|s| s.success())
@@ -945,4 +945,274 @@ fn key_list_travels_on_the_usb_stick_with_import() {
     std::fs::copy(a.join("keylist"), usb.join("keylist")).unwrap();
     node.agent(&["import", usb.to_str().unwrap()]).expect(0);
     assert!(node.state_dir.join("keylist").exists());
+}
+
+// ------------------------------------------------------- hardening, second round (issue 18)
+
+/// Item 1: a freshly imaged node offered an old key list that still names a revoked key. With
+/// the image's trust floor (the current list, or its version and sha256) it is refused, and so
+/// is a bundle signed by the revoked key. Without a floor, status and doctor warn.
+#[test]
+fn first_contact_trust_floor_refuses_an_older_key_list() {
+    let a = Attack::new("first-contact");
+    let pa = key_file("release-a", "pub");
+    let pb = key_file("release-b", "pub");
+    a.key_cmd(&["add", "--pub", pa.to_str().unwrap(), "--name", "release-a"])
+        .expect(0);
+    let v1 = a.join("keylist-v1");
+    std::fs::copy(a.join("keylist"), &v1).unwrap();
+    a.key_cmd(&["add", "--pub", pb.to_str().unwrap(), "--name", "release-b"])
+        .expect(0);
+    a.key_cmd(&["revoke", "--pub", pa.to_str().unwrap()])
+        .expect(0);
+    let current = a.join("keylist");
+    let pkgs = a.pkgs("p", &[("ep-alpha", "1.0")]);
+    let signed_by_a = a.bundle("a.epb", &["release-a"], 1, &pkgs, &[]);
+
+    // No floor: the old list is taken on first contact, and status says so loudly.
+    let open = a.root_node();
+    let st = open.agent(&["status"]).expect(0);
+    assert!(
+        st.stdout.contains("WARNING   no trust_floor"),
+        "{}",
+        st.stdout
+    );
+    let doc = open.agent(&["doctor"]);
+    assert!(doc.stdout.contains("no trust_floor"), "{}", doc.stdout);
+
+    // The floor as the key list file itself.
+    for (tag, floor) in [
+        ("file", current.display().to_string()),
+        ("digest", {
+            let list = std::fs::read(&current).unwrap();
+            let v = edgepatch::bundle::keylist::KeyList::open_self(&list)
+                .unwrap()
+                .version;
+            format!(
+                "{v}:{}",
+                edgepatch::bundle::format::hex(&edgepatch::bundle::format::sha256(&list))
+            )
+        }),
+    ] {
+        let node_dir = a.join(&format!("node-{tag}"));
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let n = Node::new(&node_dir, VARIANT, Path::new("/unused"), "");
+        let text = std::fs::read_to_string(&n.config).unwrap().replace(
+            "trusted_keys = \"/unused\"",
+            &format!(
+                "root_keys = \"{}\"\ntrust_floor = \"{floor}\"",
+                key_file("root", "pub").display()
+            ),
+        );
+        std::fs::write(&n.config, text).unwrap();
+        let r = n.agent(&["keys", "--import", v1.to_str().unwrap()]);
+        assert_eq!(r.code, 4, "{tag}: old list must be refused: {}", r.stderr);
+        if tag == "file" {
+            // The baked list is the node's list: the revoked key signs nothing.
+            refused(verify(&n, &signed_by_a), 3, "authenticity", "revoked");
+            let st = n.agent(&["status"]).expect(0);
+            assert!(!st.stdout.contains("WARNING"), "{}", st.stdout);
+        } else {
+            n.agent(&["keys", "--import", current.to_str().unwrap()])
+                .expect(0);
+            refused(verify(&n, &signed_by_a), 3, "authenticity", "revoked");
+        }
+    }
+}
+
+/// Item 2: `apply BUNDLE` reads the file once. A stick that serves c3 for the decision and then
+/// c2 (swapped in under the same name while the agent runs) still gets c3 installed: the agent
+/// keeps reading the file it opened, and the staged manifest is the one it decided on.
+#[test]
+fn one_read_a_bundle_swapped_after_the_decision_is_not_what_gets_installed() {
+    let a = Attack::new("one-read");
+    let node = a.node("");
+    let p2 = a.pkgs("p2", &[("ep-alpha", "2.0")]);
+    let p3 = a.pkgs("p3", &[("ep-alpha", "3.0")]);
+    let c2 = a.bundle("c2.epb", &["release-a"], 2, &p2, &["--install", "ep-alpha"]);
+    let c3 = a.bundle("c3.epb", &["release-a"], 3, &p3, &["--install", "ep-alpha"]);
+    let stick = a.join("stick.epb");
+    std::fs::copy(&c3, &stick).unwrap();
+    let marker = a.join("decided");
+    let mut cmd = node.command(&["apply", stick.to_str().unwrap()]);
+    cmd.env("EDGEPATCH_PAUSE_AT", "decided")
+        .env("EDGEPATCH_PAUSE_FILE", &marker)
+        .env("EDGEPATCH_PAUSE_SECS", "2");
+    let child = spawn_group(cmd);
+    assert!(wait_for_file(&marker, 60), "agent never decided");
+    // The stick now shows c2 under the same name.
+    let tmp = a.join("stick.tmp");
+    std::fs::copy(&c2, &tmp).unwrap();
+    std::fs::rename(&tmp, &stick).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        deb_version(&node.root, "ep-alpha").as_deref(),
+        Some("3.0 ii")
+    );
+    let st = node.agent(&["status", "--json"]).expect(0);
+    assert!(
+        st.stdout.contains("\"installed_sequence\":3"),
+        "{}",
+        st.stdout
+    );
+}
+
+/// Item 4: a signed rollback order names its cycle. After c1, c2, c3 and a manual rollback (to
+/// c2), an order to roll back c2 must not answer "c3 already rolled back": it acts on c2 or says
+/// plainly that it cannot, and c2 is refused from then on.
+#[test]
+fn rollback_order_acts_on_exactly_the_cycle_it_names() {
+    let a = Attack::new("order-cycle");
+    let node = a.node("");
+    for (seq, v) in [(1u64, "1.0"), (2, "2.0"), (3, "3.0")] {
+        let p = a.pkgs(&format!("p{seq}"), &[("ep-alpha", v)]);
+        let b = a.join(&format!("c{seq}.epb"));
+        let key = key_file("release-a", "key");
+        builder(&[
+            "build",
+            "--key",
+            key.to_str().unwrap(),
+            "--variant",
+            VARIANT,
+            "--cycle",
+            &format!("c{seq}"),
+            "--sequence",
+            &seq.to_string(),
+            "--out",
+            b.to_str().unwrap(),
+            "--install",
+            "ep-alpha",
+            p.to_str().unwrap(),
+        ])
+        .expect(0);
+        apply(&node, &b).expect(0);
+    }
+    node.agent(&["rollback"]).expect(0);
+    let order = a.join("rollback-c2.order");
+    builder(&[
+        "order",
+        "--key",
+        key_file("release-a", "key").to_str().unwrap(),
+        "--kind",
+        "rollback",
+        "--variant",
+        VARIANT,
+        "--cycle",
+        "c2",
+        "--out",
+        order.to_str().unwrap(),
+    ])
+    .expect(0);
+    let r = node.agent(&["rollback", "--order", order.to_str().unwrap()]);
+    assert!(
+        !r.stdout.contains("c3 already rolled back"),
+        "order answered for the wrong cycle: {}",
+        r.stdout
+    );
+    if r.code == 0 {
+        assert_eq!(
+            deb_version(&node.root, "ep-alpha").as_deref(),
+            Some("1.0 ii")
+        );
+    } else {
+        assert_eq!(r.code, 6, "{}", r.stderr);
+        assert!(r.stderr.contains("cannot roll back c2"), "{}", r.stderr);
+    }
+    let refused_list = std::fs::read_to_string(node.state_dir.join("refused")).unwrap();
+    assert!(refused_list.lines().any(|l| l == "c2"), "{refused_list}");
+}
+
+/// Item 5: `apply PATH` never moves what the operator named. A directory is refused before it
+/// is opened; a bad file stays where it is and only its reason is recorded.
+#[test]
+fn apply_path_never_moves_a_file_the_user_named() {
+    let a = Attack::new("apply-path");
+    let node = a.node("");
+    let dir = a.join("some-dir");
+    std::fs::create_dir_all(dir.join("inside")).unwrap();
+    std::fs::write(dir.join("inside/precious"), b"keep me").unwrap();
+    refused(apply(&node, &dir), 1, "usage", "not a regular file");
+    assert!(dir.join("inside/precious").exists());
+    let junk = a.join("notes.txt");
+    std::fs::write(&junk, b"not a bundle at all").unwrap();
+    for _ in 0..10 {
+        let r = apply(&node, &junk);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stderr.contains("file left in place"), "{}", r.stderr);
+    }
+    assert_eq!(std::fs::read(&junk).unwrap(), b"not a bundle at all");
+    let q = std::fs::read_dir(node.state_dir.join("quarantine"))
+        .unwrap()
+        .count();
+    assert!(q <= 8, "quarantine pruned to its cap, got {q} files");
+}
+
+/// Item 8: a state_dir another user owns (with a planted lock symlink) is refused before root
+/// writes anything through it.
+#[test]
+fn state_dir_not_owned_by_root_is_refused() {
+    let a = Attack::new("state-owner");
+    let node = a.node("");
+    let pkgs = a.pkgs("p", &[("ep-alpha", "1.0")]);
+    let b = a.bundle(
+        "b.epb",
+        &["release-a"],
+        1,
+        &pkgs,
+        &["--install", "ep-alpha"],
+    );
+    std::fs::create_dir_all(&node.state_dir).unwrap();
+    let victim = a.join("victim");
+    std::os::unix::fs::symlink(&victim, node.state_dir.join("lock")).unwrap();
+    // Planted by root in a root-owned dir: the symlink alone is refused.
+    refused(apply(&node, &b), 1, "usage", "is a symlink");
+    assert!(!victim.exists(), "lock symlink followed");
+    // Owned by nobody: refused, whatever is inside.
+    std::fs::remove_file(node.state_dir.join("lock")).unwrap();
+    run(Command::new("chown")
+        .args(["65534:65534"])
+        .arg(&node.state_dir))
+    .expect(0);
+    refused(apply(&node, &b), 1, "usage", "owned by uid 65534");
+    // World-writable: refused too.
+    run(Command::new("chown").args(["0:0"]).arg(&node.state_dir)).expect(0);
+    run(Command::new("chmod").args(["1777"]).arg(&node.state_dir)).expect(0);
+    refused(apply(&node, &b), 1, "usage", "writable by others");
+    assert_eq!(deb_version(&node.root, "ep-alpha"), None);
+}
+
+/// Item 9: no input aborts the agent: a huge --budget, a closed stdout, an endless --order or
+/// --config file. Each is a one-line error or a quiet exit, never SIGABRT.
+#[test]
+fn aborts_and_unbounded_reads_are_one_line_errors() {
+    use std::os::unix::process::ExitStatusExt;
+    let a = Attack::new("aborts");
+    let node = a.node("mirror = \"http://127.0.0.1:9\"");
+    refused(
+        node.agent(&["fetch", "--budget", "18446744073709551615"]),
+        1,
+        "usage",
+        "--budget",
+    );
+    // `edgepatch packages | head`: stdout closes early.
+    let mut child = Command::new(agent_bin())
+        .args(["--config", node.config.to_str().unwrap(), "packages"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert_ne!(status.signal(), Some(6), "SIGABRT on a closed stdout");
+    let r = node.agent(&["rollback", "--order", "/dev/zero"]);
+    assert!(r.code == 2 || r.code == 1, "{}", r.stderr);
+    assert!(r.stderr.contains("/dev/zero"), "{}", r.stderr);
+    let r = run(Command::new(agent_bin()).args(["--config", "/dev/zero", "status"]));
+    refused(r, 1, "usage", "config /dev/zero");
 }

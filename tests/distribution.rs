@@ -937,3 +937,40 @@ fn rollback_order_travels_with_the_index() {
     fetch(&node, &[]).expect(0);
     assert_eq!(deb_version(&node.root, "ep-big").as_deref(), Some("1.0 ii"));
 }
+
+/// Hardening item 6: a mirror that drips one byte at a time never trips the read timeout, so
+/// the pass ends on the minimum-progress rule, and the download never holds the install lock: a
+/// bundle from a USB stick applies meanwhile.
+#[test]
+fn slow_mirror_neither_holds_the_install_lock_nor_the_pass() {
+    let f = Fleet::new("dist-drip");
+    let b1 = f.bundle("c1", 1, 50_000);
+    f.publish(&[&b1], &[]);
+    let server = FaultyServer::start(&f.mirror);
+    server.set(|x| x.drip = Some(Duration::from_millis(200)));
+    let node = f.node("n", &server.url(), "");
+    let mut cmd = node.command(&["fetch"]);
+    cmd.env("EDGEPATCH_PROGRESS_WINDOW", "3");
+    let t = Instant::now();
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the download is under way, then apply the same cycle from "USB".
+    let partial_seen = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        incoming(&node).iter().any(|n| n.ends_with(".partial"))
+    });
+    assert!(
+        partial_seen,
+        "download never started: {:?}",
+        incoming(&node)
+    );
+    node.agent(&["apply", b1.to_str().unwrap()]).expect(0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("too slow"), "{stderr}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+}

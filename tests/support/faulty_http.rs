@@ -28,6 +28,9 @@ pub struct Faults {
     pub stall_after: Option<u64>,
     pub stall_for: Duration,
     pub stall_count: u32,
+    /// Slow retrieval: send bundle bodies one byte per `drip` (never stalls long enough for a
+    /// read timeout).
+    pub drip: Option<Duration>,
     /// Answer the next N requests with 503 and `Retry-After: retry_after`.
     pub busy: u32,
     pub retry_after: u64,
@@ -393,6 +396,17 @@ fn handle(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
                 pos += n as u64;
                 continue;
             }
+        }
+        if let (Some(every), true) = (faults.drip, is_bundle) {
+            for b in &buf[..n] {
+                conn.write_all(std::slice::from_ref(b))?;
+                conn.flush()?;
+                count(s, 1);
+                std::thread::sleep(every);
+            }
+            sent += n as u64;
+            pos += n as u64;
+            continue;
         }
         conn.write_all(&buf[..n])?;
         count(s, n as u64);

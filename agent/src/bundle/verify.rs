@@ -83,6 +83,12 @@ pub fn check_applicable(m: &Manifest, node: &NodeFacts) -> Result<()> {
             m.variant, node.variant
         ));
     }
+    if m.created > crate::support::clock::MAX_SIGNED_TIME || m.created > m.expires {
+        return na(format!(
+            "bundle {} has an implausible created time {} (expires {}); rebuild it",
+            m.cycle, m.created, m.expires
+        ));
+    }
     if m.expires <= node.now {
         return na(format!(
             "bundle {} expired at {} (node time {}); build a new one",

@@ -77,15 +77,16 @@ pub fn verify(config: &Config, bundle: &Path) -> Result<()> {
     let trusted = trust::load(config)?;
     let installed = Installed::load(&config.state_dir)?;
     let ratchet = Ratchet::new(&config.state_dir);
+    let clock = crate::support::clock::from_env();
     let node = NodeFacts {
         variant: &config.variant,
         installed_sequence: installed.map(|i| i.sequence),
-        now: ratchet.now(crate::support::clock::from_env().as_ref()),
+        now: ratchet.now(clock.as_ref()),
     };
     let mut reader = crate::support::fsutil::open_bundle(bundle)?;
     let v = verify::verify_stream(&mut reader, &trusted, &node, &mut Discard)?;
     let m = &v.manifest;
-    if let Err(e) = ratchet.advance(m.created.max(node.now)) {
+    if let Err(e) = ratchet.observe_signed(m.created, clock.as_ref()) {
         log::warn!(
             "cannot record trusted time in {}: {e}",
             config.state_dir.display()

@@ -252,7 +252,7 @@ fn check_keys(config: &Config, now: u64) -> Check {
         Err(e) => return Check::fail("keys", &e.msg, "fix trusted_keys/root_keys in the config"),
     };
     let list = match &config.root_keys {
-        Some(_) => crate::node::trust::stored(&config.state_dir).ok().flatten(),
+        Some(_) => crate::node::trust::current(config).ok().flatten(),
         None => None,
     };
     let usable: Vec<String> = trusted
@@ -299,6 +299,22 @@ fn check_keys(config: &Config, now: u64) -> Check {
             }
         }
     }
+}
+
+/// A freshly imaged node must not take an old key list or an expired bundle (see node::trust).
+fn check_first_contact(config: &Config) -> Check {
+    if let Err(e) = crate::node::trust::floor(config) {
+        return Check::fail("floor", &e.msg, "bake the current key list as trust_floor");
+    }
+    let w = crate::node::trust::first_contact_warnings(config);
+    if w.is_empty() {
+        return Check::ok("floor", "trust floor or key list present");
+    }
+    Check::warn(
+        "floor",
+        w.join("; "),
+        "set trust_floor to the image's key list (README: baking an image)",
+    )
 }
 
 fn check_clock(config: &Config, clock: &dyn Clock) -> Check {
@@ -556,6 +572,7 @@ pub fn checks(config_path: &Path, clock: &dyn Clock) -> Vec<Check> {
         Some(c) => {
             let now = Ratchet::new(&c.state_dir).now(clock);
             out.push(check_keys(c, now));
+            out.push(check_first_contact(c));
             out.push(check_clock(c, clock));
             out.push(check_space(c));
             out.push(check_pkgmgr(c));

@@ -106,6 +106,12 @@ pub fn config_path(explicit: Option<PathBuf>) -> PathBuf {
 
 /// Run the agent; returns the process exit code.
 pub fn main(argv: Vec<OsString>) -> i32 {
+    // `edgepatch packages | head`: a closed stdout ends the process quietly, as for any Unix
+    // tool, instead of a println! panic and an abort.
+    // SAFETY: setting a signal disposition to SIG_DFL before any thread exists.
+    unsafe {
+        nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
+    }
     let args = match parse_args(argv) {
         Ok(Some(a)) => a,
         Ok(None) => return 0,

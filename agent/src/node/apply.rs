@@ -34,19 +34,25 @@ fn is_verification_failure(e: &Error) -> bool {
 }
 
 fn quarantine(ctx: &Ctx, bundle: &Path, e: Error) -> Error {
-    match store::quarantine(ctx.state_dir(), bundle, &e.msg, ctx.now()) {
-        Ok(q) => Error::new(
-            e.exit,
-            format!("{} (bundle quarantined as {})", e.msg, q.display()),
-        ),
-        Err(qe) => Error::new(e.exit, format!("{}; quarantine failed: {qe}", e.msg)),
-    }
+    let q = store::quarantine(ctx.state_dir(), bundle, &e.msg, ctx.now());
+    Error::new(e.exit, format!("{}{}", e.msg, store::quarantine_note(&q)))
 }
 
 pub fn apply(ctx: &Ctx, bundle: Option<&Path>, info: &mut RunInfo) -> Result<String> {
     let sd = ctx.state_dir();
     let bundle: PathBuf = match bundle {
-        Some(b) => b.to_path_buf(),
+        Some(b) => {
+            // A directory, FIFO or device is never a bundle: refuse it before opening it.
+            match std::fs::metadata(b) {
+                Ok(m) if !m.is_file() => {
+                    return Err(Error::usage(format!(
+                        "{} is not a regular file; name a bundle file (*.epb)",
+                        b.display()
+                    )))
+                }
+                _ => b.to_path_buf(),
+            }
+        }
         None => store::newest_complete(sd, ctx.trusted, &ctx.config.variant).ok_or_else(|| {
             Error::new(
                 Exit::Deferred,
@@ -115,6 +121,7 @@ pub fn apply(ctx: &Ctx, bundle: Option<&Path>, info: &mut RunInfo) -> Result<Str
         .set("staging", staging.display())
         .set("started", ctx.now());
     journal::save(ctx, &journal)?;
+    crate::support::testhook::pause_point("decided");
 
     let t_stage = std::time::Instant::now();
     let verified = stage(
@@ -240,7 +247,7 @@ fn stage<'v>(
     )?;
     verify::verify_payload(reader, head, &node, &mut sink)?;
     sink.finish(&head.manifest_bytes)?;
-    if let Err(e) = ratchet.advance(head.manifest.created.max(node.now)) {
+    if let Err(e) = ratchet.observe_signed(head.manifest.created, ctx.clock) {
         log::warn!("cannot record trusted time: {e}");
     }
     Ok(head)

@@ -36,6 +36,24 @@ pub fn add_to_list(state_dir: &Path, name: &str, item: &str) {
     }
 }
 
+/// Take `item` off a list (a resume order lifts a halt).
+pub fn remove_from_list(state_dir: &Path, name: &str, item: &str) {
+    let items = read_list(state_dir, name);
+    if !items.iter().any(|i| i == item) {
+        return;
+    }
+    let text: String = items
+        .iter()
+        .filter(|i| *i != item)
+        .map(|i| format!("{i}\n"))
+        .collect();
+    if let Err(e) =
+        crate::support::fsutil::write_atomic(&list_path(state_dir, name), text.as_bytes(), false)
+    {
+        log::warn!("cannot remove {item} from {name}: {e}");
+    }
+}
+
 pub fn refuse_cycle(state_dir: &Path, cycle: &str) {
     add_to_list(state_dir, "refused", cycle);
 }

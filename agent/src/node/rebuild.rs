@@ -13,6 +13,46 @@ use std::path::{Path, PathBuf};
 
 use crate::bundle::delta::CHUNK;
 
+/// How much larger than the entry an expanded data.tar (recipe deb-gz) may be: a gzip member
+/// expands a few times over on real packages; a patch claiming more is a disk-filling attempt.
+pub const MAX_EXPANSION: u64 = 32;
+const EXPANSION_SLACK: u64 = 16 << 20;
+
+/// Before a deb-gz patch writes its two scratch streams: each must be within `MAX_EXPANSION`
+/// of the signed entry size, and both together must fit in free space next to the output.
+fn check_scratch(header: &Header, entry: &Entry, tmp_dir: &Path) -> Result<(), DeltaError> {
+    if header.gz.is_none() {
+        return Ok(());
+    }
+    let cap = entry
+        .size
+        .saturating_mul(MAX_EXPANSION)
+        .saturating_add(EXPANSION_SLACK);
+    let mut need = entry.size;
+    for s in &header.sections {
+        for (what, len) in [("old", s.old_len), ("new", s.new_len)] {
+            if len > cap {
+                return Err(corrupt(format!(
+                    "{} expands its {what} stream to {len} bytes, over {cap} for a {}-byte entry",
+                    entry.name, entry.size
+                )));
+            }
+            need = need.saturating_add(len);
+        }
+    }
+    let free = crate::support::fsutil::free_bytes(tmp_dir)?;
+    if free < need {
+        return Err(DeltaError::Io(io::Error::other(format!(
+            "rebuilding {} needs {} MiB of scratch space in {}, {} MiB free",
+            entry.name,
+            need.div_ceil(1 << 20),
+            tmp_dir.display(),
+            free >> 20
+        ))));
+    }
+    Ok(())
+}
+
 /// Node side: rebuild `entry` from the staged patch file and its base, into `out`. Checks the
 /// result's size and sha256 against the signed entry.
 pub fn rebuild(
@@ -31,6 +71,7 @@ pub fn rebuild(
             entry.size
         )));
     }
+    check_scratch(&header, entry, tmp_dir)?;
     let mut source = |s: Source| -> Result<File, DeltaError> {
         match s {
             Source::Whole => Ok(File::open(base)?),
@@ -134,5 +175,56 @@ pub fn file_sha256(path: &Path) -> io::Result<[u8; 32]> {
             return Ok(h.finalize().into());
         }
         h.update(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::delta::{GzMap, Recipe, Section};
+    use crate::bundle::format::Encoding;
+
+    fn entry(size: u64) -> Entry {
+        Entry {
+            name: "p_2_all.deb".into(),
+            kind: EntryKind::Delta,
+            encoding: Encoding::Raw,
+            size,
+            stored: 5003,
+            sha256: [0; 32],
+            base_sha256: Some([1; 32]),
+            patch_sha256: Some([2; 32]),
+        }
+    }
+
+    fn header(expanded: u64) -> Header {
+        let sec = |old_len, new_len| Section {
+            source: Source::DebData,
+            old_len,
+            new_len,
+            streams: [0; 7],
+        };
+        Header {
+            recipe: Recipe::DebGz,
+            sections: vec![sec(100, 100), sec(1000, expanded)],
+            gz: Some(GzMap::default()),
+        }
+    }
+
+    /// Regression (hardening item 3): a 5,003-byte signed patch that declares a 10,442-byte
+    /// entry but expands its data stream to 512 MiB is refused before anything is written, and
+    /// a plausible one that does not fit the free space is refused too.
+    #[test]
+    fn deb_gz_scratch_is_bounded_by_the_signed_entry_size_and_free_space() {
+        let dir = std::env::temp_dir();
+        let e = check_scratch(&header(512 << 20), &entry(10_442), &dir).unwrap_err();
+        assert!(
+            matches!(&e, DeltaError::Corrupt(m) if m.contains("expands its new stream")),
+            "{e}"
+        );
+        let huge = 1u64 << 50;
+        let e = check_scratch(&header(huge), &entry(huge / 4), &dir).unwrap_err();
+        assert!(e.to_string().contains("scratch space"), "{e}");
+        check_scratch(&header(40_000), &entry(10_442), &dir).unwrap();
     }
 }

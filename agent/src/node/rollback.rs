@@ -9,7 +9,9 @@
 use crate::bundle::format::{hex, Manifest};
 use crate::node::ctx::{Ctx, RunInfo};
 use crate::node::health::HealthSpec;
-use crate::node::marks::{add_to_list, list_path, order_done, read_list, refuse_cycle};
+use crate::node::marks::{
+    add_to_list, list_path, order_done, read_list, refuse_cycle, remove_from_list,
+};
 use crate::node::pkg::PackageManager;
 use crate::node::restore::{decode_versions, restore_packages};
 use crate::node::snapshot::{Backend, Restored, Snapshots};
@@ -129,7 +131,9 @@ pub fn remember_apply(ctx: &Ctx, journal: &Record) {
     }
 }
 
-pub fn roll_back_last(ctx: &Ctx, info: &mut RunInfo) -> Result<String> {
+/// Roll back the last applied cycle; with `want`, only if that is exactly the cycle named (a
+/// signed order names its cycle, and the agent acts on that cycle or says it cannot).
+pub fn roll_back_last(ctx: &Ctx, info: &mut RunInfo, want: Option<&str>) -> Result<String> {
     let sd = ctx.state_dir();
     let path = sd.join("last-apply");
     let last = Record::load(&path).map_err(|e| Error::io(Exit::Usage, &path, e))?;
@@ -140,6 +144,15 @@ pub fn roll_back_last(ctx: &Ctx, info: &mut RunInfo) -> Result<String> {
         ));
     };
     let cycle = last.get("cycle").unwrap_or("-").to_string();
+    if let Some(want) = want.filter(|w| *w != cycle) {
+        return Err(Error::new(
+            Exit::InstallFailed,
+            format!(
+                "cannot roll back {want}: this node keeps the rollback record of {cycle} only; \
+                 {want} stays installed and is refused from now on"
+            ),
+        ));
+    }
     info.cycle = Some(cycle.clone());
     if last.get("rolled_back") == Some("yes") {
         return Ok(format!("cycle {cycle} already rolled back"));
@@ -204,17 +217,8 @@ pub fn finish_rollback(ctx: &Ctx, journal: &Record, info: &mut RunInfo) -> Resul
 /// it afterwards. Halt: nodes that have not installed the cycle defer it until a newer cycle.
 pub fn carry_out_order(ctx: &Ctx, path: &Path, info: &mut RunInfo) -> Result<String> {
     let sd = ctx.state_dir();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(Exit::Usage, path, e))?;
-    if bytes.len() > crate::bundle::signed::MAX_DOC {
-        return Err(Error::new(
-            Exit::Integrity,
-            format!(
-                "{}: order larger than {} bytes",
-                path.display(),
-                crate::bundle::signed::MAX_DOC
-            ),
-        ));
-    }
+    let bytes = crate::support::fsutil::read_capped(path, crate::bundle::signed::MAX_DOC)
+        .map_err(|e| Error::new(Exit::Integrity, format!("{}: order: {e}", path.display())))?;
     let order = crate::bundle::signed::open(&bytes, "edgepatch-order", ctx.trusted, 1)
         .map_err(|m| Error::new(Exit::Authenticity, format!("{}: {m}", path.display())))?;
     let field = |k: &str| {
@@ -251,7 +255,8 @@ pub fn carry_out_order(ctx: &Ctx, path: &Path, info: &mut RunInfo) -> Result<Str
         "rollback" => {
             let installed = Installed::load(sd)?;
             if installed.is_some_and(|i| i.cycle == cycle) {
-                roll_back_last(ctx, info)
+                refuse_cycle(sd, &cycle);
+                roll_back_last(ctx, info, Some(&cycle))
             } else {
                 refuse_cycle(sd, &cycle);
                 Ok(format!(
@@ -262,6 +267,10 @@ pub fn carry_out_order(ctx: &Ctx, path: &Path, info: &mut RunInfo) -> Result<Str
         "halt" => {
             add_to_list(sd, "halted", &cycle);
             Ok(format!("rollout of {cycle} halted on this node"))
+        }
+        "resume" => {
+            remove_from_list(sd, "halted", &cycle);
+            Ok(format!("rollout of {cycle} resumed on this node"))
         }
         other => Err(Error::new(
             Exit::Integrity,

@@ -89,7 +89,7 @@ pub fn rollback(ctx: &Ctx, order: Option<&Path>) -> Result<String> {
     let mut info = RunInfo::default();
     let result = recover(ctx, &mut info).and_then(|_| match order {
         Some(path) => rollback::carry_out_order(ctx, path, &mut info),
-        None => rollback::roll_back_last(ctx, &mut info),
+        None => rollback::roll_back_last(ctx, &mut info, None),
     });
     finish(ctx, "rollback", &result, &info);
     result

@@ -57,13 +57,12 @@ pub fn check_space(dir: &Path, need: u64, available: u64) -> Result<()> {
 
 /// Free bytes for an unprivileged writer on the filesystem holding `dir`.
 pub fn available_space(dir: &Path) -> Result<u64> {
-    let s = nix::sys::statvfs::statvfs(dir).map_err(|e| {
+    crate::support::fsutil::free_bytes(dir).map_err(|e| {
         Error::new(
             Exit::InstallFailed,
             format!("statvfs {}: {e}", dir.display()),
         )
-    })?;
-    Ok((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+    })
 }
 
 pub struct StagingSink {

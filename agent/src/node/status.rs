@@ -71,6 +71,8 @@ pub struct Status {
     pub journal: Option<Record>,
     pub last: Record,
     pub quarantined: Vec<String>,
+    /// First-contact weaknesses (no trust floor, no trusted time), shown loudly.
+    pub warnings: Vec<String>,
 }
 
 impl Status {
@@ -89,6 +91,7 @@ impl Status {
             journal,
             last: LastResult::load(sd).record,
             quarantined: crate::node::store::list_quarantine(sd),
+            warnings: crate::node::trust::first_contact_warnings(config),
         }
     }
 
@@ -140,6 +143,10 @@ impl Status {
                 &json::array(self.quarantined.iter().map(|q| json::string(q))),
             )
             .bool("alert", self.alert())
+            .raw(
+                "warnings",
+                &json::array(self.warnings.iter().map(|w| json::string(w))),
+            )
             .finish()
             + "\n"
     }
@@ -181,6 +188,9 @@ impl Status {
         }
         if self.alert() {
             s += "ALERT     a bundle failed verification; see quarantine/\n";
+        }
+        for w in &self.warnings {
+            s += &format!("WARNING   {w}\n");
         }
         s
     }

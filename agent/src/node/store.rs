@@ -46,8 +46,28 @@ pub fn newest_complete(state_dir: &Path, trusted: &[TrustedKey], variant: &str) 
     best.map(|(_, p)| p).or(fallback)
 }
 
-/// Move a bad bundle aside with the reason; returns where it went.
-pub fn quarantine(state_dir: &Path, bundle: &Path, reason: &str, now: u64) -> Result<PathBuf> {
+/// Is `path` a regular file under incoming/ (downloads, import copies), i.e. one that fetch or
+/// import put there? Only those are ever moved into quarantine; a file a user named stays put.
+pub fn is_agent_owned(state_dir: &Path, path: &Path) -> bool {
+    let regular = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    let parent = path.parent().and_then(|p| std::fs::canonicalize(p).ok());
+    let incoming = std::fs::canonicalize(incoming_dir(state_dir)).ok();
+    match (parent, incoming) {
+        (Some(p), Some(i)) => regular && p.starts_with(i),
+        _ => false,
+    }
+}
+
+/// Set a bad bundle aside with the reason. A file in incoming/ (the agent's own) is moved into
+/// quarantine/; any other file (a path the operator named, a USB stick) is never moved or
+/// copied, only its reason is recorded. Returns the quarantined file or the reason file, and
+/// whether the bundle was moved.
+pub fn quarantine(
+    state_dir: &Path,
+    bundle: &Path,
+    reason: &str,
+    now: u64,
+) -> Result<(PathBuf, bool)> {
     let qdir = quarantine_dir(state_dir);
     crate::support::fsutil::create_dir_mode(&qdir, 0o700)
         .map_err(|e| Error::io(Exit::Usage, &qdir, e))?;
@@ -56,18 +76,42 @@ pub fn quarantine(state_dir: &Path, bundle: &Path, reason: &str, now: u64) -> Re
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "bundle".into());
     let target = qdir.join(format!("{now}-{name}"));
-    if std::fs::rename(bundle, &target).is_err() {
-        // Another filesystem (USB stick) or read-only medium: keep a copy, leave the original.
-        if let Err(e) = std::fs::copy(bundle, &target) {
-            log::warn!("cannot copy {} into quarantine: {e}", bundle.display());
+    let moved = is_agent_owned(state_dir, bundle) && {
+        match std::fs::rename(bundle, &target) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("cannot move {} into quarantine: {e}", bundle.display());
+                false
+            }
         }
-    }
+    };
     let reason_file = qdir.join(format!("{now}-{name}.reason"));
-    let text = format!("source {}\nreason {reason}\ntime {now}\n", bundle.display());
+    let text = format!(
+        "source {}\nreason {reason}\ntime {now}\nmoved {}\n",
+        bundle.display(),
+        if moved {
+            "yes"
+        } else {
+            "no (left where it was)"
+        }
+    );
     crate::support::fsutil::write_atomic(&reason_file, text.as_bytes(), false)
         .map_err(|e| Error::io(Exit::Usage, &reason_file, e))?;
     prune(&qdir);
-    Ok(target)
+    Ok(if moved {
+        (target, true)
+    } else {
+        (reason_file, false)
+    })
+}
+
+/// The words an error adds about where a bad bundle went.
+pub fn quarantine_note(q: &Result<(PathBuf, bool)>) -> String {
+    match q {
+        Ok((p, true)) => format!(" (bundle quarantined as {})", p.display()),
+        Ok((p, false)) => format!(" (file left in place; reason in {})", p.display()),
+        Err(e) => format!("; quarantine failed: {e}"),
+    }
 }
 
 fn prune(qdir: &Path) {

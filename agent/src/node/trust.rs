@@ -1,6 +1,12 @@
 //! Trust on the node: the key list kept in state_dir, the one entry point ([`load`]) every command
 //! uses to get the trusted release keys, and accepting a newer key list (see `bundle::keylist` for
 //! the document and its rules).
+//!
+//! First contact: a freshly imaged node has no key list yet. Without a floor it would take any
+//! root-signed list, even an old one that still names a revoked key. The image therefore bakes a
+//! **trust floor** beside the root key (`trust_floor` in the config): the key list file itself
+//! (then it is also the node's current list until a newer one arrives, and its `issued` time is
+//! the node's first trusted time) or `VERSION:SHA256` of it. No list below the floor is accepted.
 
 use crate::bundle::format::hex;
 use crate::bundle::keylist::{check_successor, KeyList, KEYLIST_FILE};
@@ -32,6 +38,77 @@ pub fn stored(state_dir: &Path) -> Result<Option<(KeyList, Vec<u8>)>> {
     Ok(Some((list, bytes)))
 }
 
+/// What the image baked in as the lowest acceptable key list.
+pub enum Floor {
+    None,
+    /// The baked key list itself (checked against the baked roots).
+    List(KeyList, Vec<u8>),
+    /// Version and sha256 of the baked key list.
+    Version(u64, [u8; 32]),
+}
+
+/// The configured trust floor. A floor file that is missing or not signed by the baked roots is
+/// an error: the image is broken, and guessing would defeat the floor.
+pub fn floor(config: &Config) -> Result<Floor> {
+    let Some(v) = config.trust_floor.as_deref() else {
+        return Ok(Floor::None);
+    };
+    if let Some((n, h)) = v.split_once(':').filter(|_| !v.starts_with('/')) {
+        let version = n.parse().map_err(|_| Error::usage("trust_floor version"))?;
+        let sum = crate::bundle::format::parse_hex(h)
+            .ok_or_else(|| Error::usage("trust_floor: sha256 must be 64 hex digits"))?;
+        return Ok(Floor::Version(version, sum));
+    }
+    let path = Path::new(v);
+    let doc = read_capped(path)?;
+    let baked = config.root_keys.as_deref().ok_or_else(|| {
+        Error::usage("trust_floor needs root_keys: the floor is a root-signed key list")
+    })?;
+    let bad = |m: String| {
+        Error::new(
+            Exit::Authenticity,
+            format!(
+                "trust_floor {}: {m}; bake the current key list again",
+                path.display()
+            ),
+        )
+    };
+    crate::bundle::signed::open(
+        &doc,
+        crate::bundle::keylist::DOC_TYPE,
+        &load_files(baked, "root_keys")?,
+        1,
+    )
+    .map_err(|e| bad(format!("not signed by root_keys: {e}")))?;
+    let list = KeyList::open_self(&doc).map_err(bad)?;
+    Ok(Floor::List(list, doc))
+}
+
+/// The key list the node goes by: the newer of the accepted one and the baked floor list.
+pub fn current(config: &Config) -> Result<Option<(KeyList, Vec<u8>)>> {
+    let stored = stored(&config.state_dir)?;
+    Ok(match (stored, floor(config)?) {
+        (Some(s), Floor::List(f, doc)) if f.version > s.0.version => Some((f, doc)),
+        (Some(s), _) => Some(s),
+        (None, Floor::List(f, doc)) => Some((f, doc)),
+        (None, _) => None,
+    })
+}
+
+/// Warnings for `status` and `doctor` when first contact is unprotected.
+pub fn first_contact_warnings(config: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    let no_floor = matches!(floor(config), Ok(Floor::None));
+    if config.root_keys.is_some() && no_floor && stored(&config.state_dir).ok().flatten().is_none()
+    {
+        w.push("no trust_floor and no key list yet: any root-signed list is taken".to_string());
+    }
+    if no_floor && Ratchet::new(&config.state_dir).floor() == 0 {
+        w.push("no trusted time yet: a reset clock accepts expired bundles".to_string());
+    }
+    w
+}
+
 fn load_files(path: &Path, what: &str) -> Result<Vec<TrustedKey>> {
     keys::load_trusted(path).map_err(|e| Error::usage(format!("{what}: {e}")))
 }
@@ -61,7 +138,14 @@ pub fn load_at(config: &Config, now: u64) -> Result<Vec<TrustedKey>> {
             .ok_or_else(|| Error::usage("config sets neither trusted_keys nor root_keys"))?;
         return plain(path);
     };
-    if let Some((list, _)) = stored(&config.state_dir)? {
+    if let Some((list, _)) = current(config)? {
+        // A baked list's signed issue time is the node's first trusted time.
+        let clock = crate::support::clock::from_env();
+        if let Err(e) = Ratchet::new(&config.state_dir).observe_signed(list.issued, clock.as_ref())
+        {
+            log::warn!("cannot record trusted time: {e}");
+        }
+        let now = now.max(list.issued.min(crate::support::clock::MAX_SIGNED_TIME));
         return Ok(list.release_set(now, config.signature_threshold));
     }
     match &config.trusted_keys {
@@ -90,7 +174,7 @@ pub fn accept_keylist_at(config: &Config, doc: &[u8], now: u64) -> Result<bool> 
     let baked = config.root_keys.as_deref().ok_or_else(|| {
         Error::usage("root_keys is not set in the config; this node trusts trusted_keys only")
     })?;
-    let current = stored(&config.state_dir)?;
+    let current = current(config)?;
     if current.as_ref().is_some_and(|(_, bytes)| bytes == doc) {
         return Ok(false);
     }
@@ -104,11 +188,32 @@ pub fn accept_keylist_at(config: &Config, doc: &[u8], now: u64) -> Result<bool> 
         )?,
         None => check_successor(&load_files(baked, "root_keys")?, 1, None, doc, now)?,
     };
+    if let Floor::Version(version, sum) = floor(config)? {
+        if list.version < version {
+            return Err(Error::new(
+                Exit::NotApplicable,
+                format!(
+                    "key list version {} is below this image's trust floor {version}",
+                    list.version
+                ),
+            ));
+        }
+        if list.version == version && crate::bundle::format::sha256(doc) != sum {
+            return Err(Error::new(
+                Exit::Authenticity,
+                format!("key list version {version} does not match the trust floor's sha256"),
+            ));
+        }
+    }
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| Error::io(Exit::Usage, &config.state_dir, e))?;
     let p = keylist_path(&config.state_dir);
     crate::support::fsutil::write_atomic(&p, doc, false)
         .map_err(|e| Error::io(Exit::Usage, &p, e))?;
+    let clock = crate::support::clock::from_env();
+    if let Err(e) = Ratchet::new(&config.state_dir).observe_signed(list.issued, clock.as_ref()) {
+        log::warn!("cannot record trusted time: {e}");
+    }
     log::info!(
         "accepted key list version {} ({} key(s), threshold {})",
         list.version,
@@ -120,30 +225,15 @@ pub fn accept_keylist_at(config: &Config, doc: &[u8], now: u64) -> Result<bool> 
 
 /// Read a key list file, refusing anything larger than a signed document can be.
 pub fn read_capped(file: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let f = std::fs::File::open(file).map_err(|e| Error::io(Exit::Usage, file, e))?;
-    let mut doc = Vec::new();
-    f.take(crate::bundle::signed::MAX_DOC as u64 + 1)
-        .read_to_end(&mut doc)
-        .map_err(|e| Error::io(Exit::Usage, file, e))?;
-    if doc.len() > crate::bundle::signed::MAX_DOC {
-        return Err(Error::new(
-            Exit::Integrity,
-            format!(
-                "{}: larger than {} bytes",
-                file.display(),
-                crate::bundle::signed::MAX_DOC
-            ),
-        ));
-    }
-    Ok(doc)
+    crate::support::fsutil::read_capped(file, crate::bundle::signed::MAX_DOC)
+        .map_err(|e| Error::new(Exit::Usage, format!("{}: {e}", file.display())))
 }
 
 /// Lines for `edgepatch keys`: where trust comes from, the roots, each release key's state.
 pub fn describe(config: &Config, now: u64) -> Result<String> {
     let mut out = String::new();
     let stored = match &config.root_keys {
-        Some(_) => stored(&config.state_dir)?,
+        Some(_) => current(config)?,
         None => None,
     };
     match (&stored, &config.root_keys) {

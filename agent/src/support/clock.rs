@@ -1,6 +1,10 @@
 //! Time for freshness checks. Kiosk clocks reset to 1970 when the RTC battery dies, so the agent
-//! never believes a time older than the newest trusted time it has seen: the largest of the system
-//! clock and every verified bundle's signed `created` time, persisted in `state_dir/trusted-time`.
+//! never believes a time older than the newest trusted time it has seen, persisted in
+//! `state_dir/trusted-time`. Only *signed* times raise it (a verified bundle's `created`, an
+//! accepted index's `published`, an accepted key list's `issued`), never the system clock: a clock
+//! that was wrong once must not leave the node believing it for good. A signed time that is more
+//! than a day ahead of a plausible system clock raises the floor only to that clock plus a day, so
+//! one mis-dated document cannot make every later bundle "expired".
 
 use crate::support::fsutil::write_atomic;
 use std::path::{Path, PathBuf};
@@ -45,6 +49,11 @@ pub fn from_env() -> Box<dyn Clock> {
     }
 }
 
+/// How far a signed time may run ahead of a plausible system clock before it is clamped.
+pub const SIGNED_LEAD: u64 = 24 * 3600;
+/// Signed times past this (2100-01-01) are refused as documents and never enter the ratchet.
+pub const MAX_SIGNED_TIME: u64 = 4_102_444_800;
+
 pub struct Ratchet {
     path: PathBuf,
 }
@@ -70,9 +79,19 @@ impl Ratchet {
         clock.now().max(self.floor())
     }
 
-    /// Record a trusted time (system time seen, or a verified bundle's created time).
-    pub fn advance(&self, t: u64) -> std::io::Result<()> {
-        if t > self.floor() {
+    /// Record a signed time from a document just verified. The system clock only bounds it: when
+    /// the clock is plausible (not behind the floor, i.e. no dead RTC) the floor rises at most to
+    /// the clock plus [`SIGNED_LEAD`]; with a dead RTC the signed time is the best time there is.
+    pub fn observe_signed(&self, signed: u64, clock: &dyn Clock) -> std::io::Result<()> {
+        let floor = self.floor();
+        let system = clock.now();
+        let t = if system >= floor {
+            signed.min(system.saturating_add(SIGNED_LEAD))
+        } else {
+            signed
+        }
+        .min(MAX_SIGNED_TIME);
+        if t > floor {
             write_atomic(&self.path, format!("{t}\n").as_bytes(), false)?;
         }
         Ok(())
@@ -89,11 +108,32 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let r = Ratchet::new(&dir);
         assert_eq!(r.now(&FixedClock(100)), 100);
-        r.advance(500).unwrap();
+        r.observe_signed(500, &FixedClock(0)).unwrap();
         assert_eq!(r.now(&FixedClock(0)), 500, "dead RTC battery");
-        r.advance(300).unwrap();
+        r.observe_signed(300, &FixedClock(0)).unwrap();
         assert_eq!(r.floor(), 500);
         assert_eq!(r.now(&FixedClock(900)), 900);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Regression (hardening item 7): the system clock never enters the ratchet, and a signed
+    /// time far ahead of a plausible clock is clamped to clock + a day.
+    #[test]
+    fn trusted_time_comes_only_from_signed_times() {
+        let dir = std::env::temp_dir().join(format!("ep-clock2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let r = Ratchet::new(&dir);
+        let day = 24 * 3600;
+        let now = 1_800_000_000;
+        // A bundle created now, verified while the clock ran 20 days ahead: floor = created.
+        r.observe_signed(now, &FixedClock(now + 20 * day)).unwrap();
+        assert_eq!(r.floor(), now);
+        // A signed created of 2^63 with a sane clock: clamped to clock + 1 day.
+        r.observe_signed(1 << 63, &FixedClock(now)).unwrap();
+        assert_eq!(r.floor(), now + day);
+        // With a dead RTC the signed time counts, but never past 2100.
+        r.observe_signed(u64::MAX, &FixedClock(0)).unwrap();
+        assert_eq!(r.floor(), MAX_SIGNED_TIME);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

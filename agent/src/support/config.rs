@@ -8,6 +8,8 @@ use crate::support::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PATH: &str = "/etc/edgepatch/agent.conf";
+/// A config is a few hundred bytes; anything past this is not one.
+pub const MAX_CONFIG: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackageManagerChoice {
@@ -28,6 +30,9 @@ pub struct Config {
     /// Root public key(s), a .pub file or a directory: the release keys then come from the newest
     /// signed key list accepted into state_dir/keylist.
     pub root_keys: Option<PathBuf>,
+    /// The key list the image was baked with (a file), or its `VERSION:SHA256`: no key list
+    /// below it is ever accepted, even on first contact. See `node::trust`.
+    pub trust_floor: Option<String>,
     /// Distinct release signatures a bundle needs (the key list can only raise it).
     pub signature_threshold: usize,
     pub state_dir: PathBuf,
@@ -216,12 +221,14 @@ fn parse_lines(text: &str) -> std::result::Result<Vec<Line>, (usize, String)> {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let bytes = crate::support::fsutil::read_capped(path, MAX_CONFIG).map_err(|e| {
             Error::usage(format!(
                 "config {}: {e} (use --config FILE or EDGEPATCH_CONFIG)",
                 path.display()
             ))
         })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::usage(format!("config {}: not UTF-8 text", path.display())))?;
         Config::parse(&text, &path.display().to_string())
     }
 
@@ -233,6 +240,7 @@ impl Config {
         let mut labels = Vec::new();
         let mut trusted_keys = None;
         let mut root_keys = None;
+        let mut trust_floor = None;
         let mut signature_threshold = 1;
         let mut state_dir = PathBuf::from("/var/lib/edgepatch");
         let mut root = PathBuf::from("/");
@@ -273,6 +281,22 @@ impl Config {
                 "variant" => variant = Some(want_str(&value)?),
                 "trusted_keys" => trusted_keys = Some(PathBuf::from(want_str(&value)?)),
                 "root_keys" => root_keys = Some(PathBuf::from(want_str(&value)?)),
+                "trust_floor" => {
+                    let v = want_str(&value)?;
+                    let version_form = v.split_once(':').is_some_and(|(n, h)| {
+                        n.parse::<u64>().is_ok()
+                            && h.len() == 64
+                            && h.bytes().all(|b| b.is_ascii_hexdigit())
+                    });
+                    if !version_form && !v.starts_with('/') {
+                        return Err(at(
+                            line,
+                            "trust_floor must be an absolute key list path or VERSION:SHA256"
+                                .into(),
+                        ));
+                    }
+                    trust_floor = Some(v);
+                }
                 "signature_threshold" => {
                     signature_threshold = match value {
                         Value::Int(n) if (1..=16).contains(&n) => n as usize,
@@ -415,6 +439,7 @@ impl Config {
             labels,
             trusted_keys,
             root_keys,
+            trust_floor,
             signature_threshold,
             state_dir,
             root,

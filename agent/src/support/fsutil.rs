@@ -54,6 +54,62 @@ pub fn create_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
 }
 
+/// Is `path` ours alone: owned by the effective user, not writable by group or others, and
+/// not a symlink (and a directory when `is_dir`)? Err is a one-line reason.
+pub fn check_owned(path: &Path, is_dir: bool) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { nix::libc::geteuid() };
+    if m.file_type().is_symlink() {
+        return Err(format!("{} is a symlink", path.display()));
+    }
+    if is_dir && !m.is_dir() {
+        return Err(format!("{} is not a directory", path.display()));
+    }
+    if m.uid() != me {
+        return Err(format!(
+            "{} is owned by uid {}, not {me}",
+            path.display(),
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by others (mode {:o})",
+            path.display(),
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes free for an unprivileged writer on the filesystem holding `dir` (statvfs); the one
+/// free-space probe every check (staging, delta scratch, fetch, import) uses.
+// statvfs field types differ between targets (u32 on armv7, u64 on x86_64).
+#[allow(clippy::unnecessary_cast)]
+pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
+    Ok((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+}
+
+/// Read a small file (a config, a signed document), refusing one larger than `max` bytes
+/// without reading past it: `/dev/zero` or a huge file cannot grow memory. Also refuses
+/// anything but a regular file.
+pub fn read_capped(path: &Path, max: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = File::open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut data = Vec::new();
+    f.take(max as u64 + 1).read_to_end(&mut data)?;
+    if data.len() > max {
+        return Err(io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(data)
+}
+
 /// This process's peak resident set (VmHWM, kB), for logs and benchmarks.
 pub fn peak_rss_kb() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -12,6 +12,12 @@ pub fn pause_point(point: &str) {
     if let Some(f) = std::env::var_os("EDGEPATCH_PAUSE_FILE") {
         let _ = std::fs::write(f, point);
     }
-    log::warn!("paused at {point} (EDGEPATCH_PAUSE_AT); waiting to be killed");
-    std::thread::sleep(std::time::Duration::from_secs(120));
+    // EDGEPATCH_PAUSE_SECS: how long (default 120 s, long enough to be killed); a test that
+    // changes something under a running agent sets a short pause and lets it go on.
+    let secs = std::env::var("EDGEPATCH_PAUSE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    log::warn!("paused at {point} (EDGEPATCH_PAUSE_AT) for {secs} s");
+    std::thread::sleep(std::time::Duration::from_secs(secs));
 }

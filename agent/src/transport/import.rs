@@ -25,7 +25,7 @@ const SPACE_MARGIN: u64 = 1 << 20;
 
 /// Lock, scan, record the result.
 pub fn command(ctx: &Ctx, dir: &Path) -> Result<String> {
-    let _lock = crate::node::lock::acquire(&ctx.config.state_dir)?;
+    let _lock = crate::node::lock::acquire_transfer(&ctx.config.state_dir)?;
     let mut info = RunInfo::default();
     let result = scan(ctx, dir, &mut info);
     finish(ctx, "import", &result, &info);
@@ -51,11 +51,6 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
         self.copied += n as u64;
         Ok(n)
     }
-}
-
-fn free_space(dir: &Path) -> Option<u64> {
-    let s = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
 }
 
 /// Scan `dir` with the lock held.
@@ -167,7 +162,7 @@ fn copy_verified(ctx: &Ctx, src: &Path, name: &str, node: &NodeFacts) -> Result<
     let size = std::fs::metadata(src)
         .map_err(|e| Error::io(Exit::Usage, src, e))?
         .len();
-    if let Some(free) = free_space(&tmp_dir) {
+    if let Ok(free) = crate::support::fsutil::free_bytes(&tmp_dir) {
         if free < size + SPACE_MARGIN {
             return Err(Error::new(
                 Exit::Deferred,
@@ -213,7 +208,7 @@ fn copy_verified(ctx: &Ctx, src: &Path, name: &str, node: &NodeFacts) -> Result<
     crate::support::fsutil::sync_dir(&incoming)
         .map_err(|e| Error::io(Exit::Usage, &incoming, e))?;
     let ratchet = Ratchet::new(sd);
-    if let Err(e) = ratchet.advance(verified.manifest.created.max(node.now)) {
+    if let Err(e) = ratchet.observe_signed(verified.manifest.created, ctx.clock) {
         log::warn!("cannot record trusted time: {e}");
     }
     log::info!(
@@ -236,7 +231,7 @@ fn report_bad(ctx: &Ctx, src: &Path, e: Error) -> Error {
     let size = std::fs::metadata(src).map(|m| m.len()).unwrap_or(0);
     let room = crate::support::fsutil::create_dir_mode(&tmp_dir, 0o700)
         .ok()
-        .and_then(|_| free_space(&tmp_dir))
+        .and_then(|_| crate::support::fsutil::free_bytes(&tmp_dir).ok())
         .is_some_and(|free| free >= size + SPACE_MARGIN);
     if room && std::fs::copy(src, &tmp).is_ok() {
         quarantine(ctx, &tmp, e, "copy")
@@ -251,16 +246,15 @@ fn report_bad(ctx: &Ctx, src: &Path, e: Error) -> Error {
 
 fn quarantine(ctx: &Ctx, copy: &Path, e: Error, what: &str) -> Error {
     let now = Ratchet::new(&ctx.config.state_dir).now(ctx.clock);
-    match store::quarantine(&ctx.config.state_dir, copy, &e.msg, now) {
-        Ok(q) => Error::new(
-            e.exit,
-            format!("{} ({what} quarantined as {})", e.msg, q.display()),
-        ),
-        Err(qe) => {
-            let _ = std::fs::remove_file(copy);
-            Error::new(e.exit, format!("{}; quarantine failed: {qe}", e.msg))
-        }
+    let q = store::quarantine(&ctx.config.state_dir, copy, &e.msg, now);
+    if !matches!(q, Ok((_, true))) {
+        // Never leave a partial copy behind in incoming/.
+        let _ = std::fs::remove_file(copy);
     }
+    Error::new(
+        e.exit,
+        format!("{} ({what}){}", e.msg, store::quarantine_note(&q)),
+    )
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ pub fn command(ctx: &Ctx, splay: bool) -> Result<String> {
     let mut steps: Vec<(&str, Result<String>)> = Vec::new();
     {
         // fetch and import share one hold of the lock; apply takes it again itself.
-        let _lock = crate::node::lock::acquire(&cfg.state_dir)?;
+        let _lock = crate::node::lock::acquire_transfer(&cfg.state_dir)?;
         if cfg.mirror.is_some() {
             let mut info = RunInfo::default();
             let r = fetch::pass(ctx, &fetch::Options::default(), &mut info);

@@ -54,11 +54,6 @@ pub(super) fn content_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start.trim().parse().ok()?, total.trim().parse().ok()))
 }
 
-pub(super) fn free_space(dir: &Path) -> Option<u64> {
-    let s = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
-}
-
 pub(super) struct Download<'a> {
     pub(super) url: String,
     pub(super) part: PathBuf,
@@ -182,9 +177,24 @@ impl Download<'_> {
         let chunk = self.bucket.as_ref().map_or(64 * 1024, |b| b.chunk());
         let mut buf = vec![0u8; chunk];
         let mut pos = offset;
+        let mut window = (Instant::now(), pos);
+        let (min_bytes, span) = min_progress(self.bucket.as_ref());
         let result = loop {
             if pos == size {
                 break Ok(());
+            }
+            // Slow retrieval: a mirror that drips a byte at a time never trips the read timeout,
+            // so the pass also ends when a whole window brings less than the minimum.
+            if window.0.elapsed() >= span {
+                if pos - window.1 < min_bytes {
+                    break Err(Fail::Stop(deferred(format!(
+                        "{url}: too slow, {} bytes in {} s (minimum {min_bytes}); {pos} of \
+                         {size} bytes kept, the next pass resumes",
+                        pos - window.1,
+                        span.as_secs()
+                    ))));
+                }
+                window = (Instant::now(), pos);
             }
             if let Some(b) = self.bucket.as_mut() {
                 if !b.wait_for(chunk, stop.at) {
@@ -235,6 +245,18 @@ impl Download<'_> {
             self.part.display()
         ))
     }
+}
+
+/// The minimum-progress rule: at least 1 KiB/s (a quarter of `bwlimit` when that is lower) over
+/// each 60 s window (`EDGEPATCH_PROGRESS_WINDOW` seconds for tests).
+pub(super) fn min_progress(bucket: Option<&Bucket>) -> (u64, Duration) {
+    let span = std::env::var("EDGEPATCH_PROGRESS_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|s: &u64| (1..=3600).contains(s))
+        .unwrap_or(60);
+    let rate = bucket.map_or(1024, |b| ((b.rate / 4.0) as u64).clamp(1, 1024));
+    (rate * span, Duration::from_secs(span))
 }
 
 /// Reads through while hashing (for the whole-file sha256 next to `verify_stream`).
@@ -307,7 +329,7 @@ pub(super) fn verify_download(
             ),
         )));
     }
-    if let Err(e) = ratchet.advance(v.manifest.created.max(node.now)) {
+    if let Err(e) = ratchet.observe_signed(v.manifest.created, ctx.clock) {
         log::warn!("cannot record trusted time: {e}");
     }
     Ok(v)

@@ -188,5 +188,8 @@ pub(super) fn accept_index(ctx: &Ctx, url: &str, doc: &[u8], now: u64) -> Result
         .set("sha256", &sum);
     let p = seen_path(sd);
     r.save(&p).map_err(|e| Error::io(Exit::Usage, &p, e))?;
+    if let Err(e) = Ratchet::new(sd).observe_signed(ix.published, ctx.clock) {
+        log::warn!("cannot record trusted time: {e}");
+    }
     Ok(ix)
 }

@@ -76,7 +76,7 @@ impl Default for Options {
 
 /// `edgepatch fetch`: lock, one pass, record the result.
 pub fn command(ctx: &Ctx, opts: &Options) -> Result<String> {
-    let _lock = crate::node::lock::acquire(&ctx.config.state_dir)?;
+    let _lock = crate::node::lock::acquire_transfer(&ctx.config.state_dir)?;
     let mut info = RunInfo::default();
     let result = pass(ctx, opts, &mut info);
     finish(ctx, "fetch", &result, &info);
@@ -154,6 +154,14 @@ fn carry_out_orders(
             log::warn!("order {}: {e}", path.display());
             continue;
         }
+        // Orders change the machine: they need the install lock, which an apply may hold.
+        let Ok(_install) = crate::node::lock::acquire(&ctx.config.state_dir) else {
+            log::warn!(
+                "order {}: an install is running; carried out next pass",
+                order.file
+            );
+            continue;
+        };
         match crate::node::rollback::carry_out_order(ctx, &path, info) {
             Ok(msg) => log::warn!("order {}: {msg}", order.file),
             Err(e) => log::warn!("order {}: {e}", order.file),
@@ -230,7 +238,7 @@ pub fn pass(ctx: &Ctx, opts: &Options, info: &mut RunInfo) -> Result<String> {
     let (part, meta_path) = partial_paths(&incoming, &want.file);
     let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     let need = want.size.saturating_sub(have) + SPACE_MARGIN;
-    if let Some(free) = free_space(&incoming) {
+    if let Ok(free) = crate::support::fsutil::free_bytes(&incoming) {
         if free < need {
             return Err(deferred(format!(
                 "{}: {free} bytes free, the download needs {need}; free space in state_dir",
@@ -276,13 +284,13 @@ pub fn pass(ctx: &Ctx, opts: &Options, info: &mut RunInfo) -> Result<String> {
             // Keep it for the technician, never for apply.
             let _ = std::fs::remove_file(&meta_path);
             let q = store::quarantine(&cfg.state_dir, &part, &e.msg, now);
-            return Err(match q {
-                Ok(q) => Error::new(
-                    e.exit,
-                    format!("{} (quarantined as {})", e.msg, q.display()),
-                ),
-                Err(qe) => Error::new(e.exit, format!("{}; quarantine failed: {qe}", e.msg)),
-            });
+            if !matches!(q, Ok((_, true))) {
+                let _ = std::fs::remove_file(&part);
+            }
+            return Err(Error::new(
+                e.exit,
+                format!("{}{}", e.msg, store::quarantine_note(&q)),
+            ));
         }
     }
     let done = incoming.join(&want.file);

@@ -43,7 +43,7 @@ pub fn backoff(rng: &mut Rng, attempt: u32) -> Duration {
 /// A token bucket over the read loop: `rate` bytes per second, bursts of at most `cap` bytes.
 /// It starts nearly empty, so the first seconds are not a burst.
 pub struct Bucket {
-    rate: f64,
+    pub(super) rate: f64,
     cap: f64,
     tokens: f64,
     last: Instant,
