@@ -43,6 +43,12 @@ pub const EXPORT_FORMAT: &str = "edgepatch-export/1";
 pub const EXPORT_JSON: &str = "export.json";
 pub const EXPORT_SIG: &str = "export.sig";
 pub const SIGNATURE_TAG: &str = "edgepatch-ed25519-signature";
+/// HTTP header carrying `SIGNATURE_TAG HEX` over the exact bytes of a POSTed envelope.
+pub const SIGNATURE_HEADER: &str = "X-Edgepatch-Signature";
+/// The node's report counter (`state_dir/report-seq`): the center orders a node's reports by it.
+pub const REPORT_SEQ_FILE: &str = "report-seq";
+/// Why the center refused a report: `spool-rejected/NAME.why` beside `NAME`.
+pub const WHY_SUFFIX: &str = ".why";
 
 /// One outcome of one agent run, as sent to the center.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -97,6 +103,11 @@ fn cut(s: &str, max: usize) -> &str {
 impl Report {
     /// The wire form. `dropped_before` is always the last key (see the module docs).
     pub fn to_json(&self, node_pubkey: &str, dropped_before: u64) -> String {
+        self.to_json_seq(node_pubkey, 0, dropped_before)
+    }
+
+    /// The wire form with the node's report sequence (`report_seq`, omitted when 0).
+    pub fn to_json_seq(&self, node_pubkey: &str, seq: u64, dropped_before: u64) -> String {
         let mut labels = json::Object::new();
         for (k, v) in &self.labels {
             labels = labels.str(k, v);
@@ -106,7 +117,7 @@ impl Report {
             timings = timings.num(k, *v);
         }
         let reason = self.reason.replace(['\n', '\r'], " ");
-        json::Object::new()
+        let o = json::Object::new()
             .str("id", &self.id)
             .str("node_id", &self.node_id)
             .str("node_pubkey", node_pubkey)
@@ -124,9 +135,9 @@ impl Report {
             .opt_num("installed_sequence", self.installed_sequence)
             .str("agent_version", &self.agent_version)
             .num("time", self.time)
-            .num("trusted_time", self.trusted_time)
-            .num("dropped_before", dropped_before)
-            .finish()
+            .num("trusted_time", self.trusted_time);
+        let o = if seq > 0 { o.num("report_seq", seq) } else { o };
+        o.num("dropped_before", dropped_before).finish()
     }
 }
 
@@ -273,12 +284,31 @@ pub fn spool_with_cap(state_dir: &Path, r: &Report, cap: usize) -> io::Result<()
     let seq = list.last().map_or(1, |e| e.seq + 1);
     let name = format!("{seq:010}-{}.json", cycle_key(r.cycle.as_deref()));
     let path = dir.join(name);
-    write_atomic(&path, r.to_json(&hex(kp.pk.as_ref()), 0).as_bytes(), false)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let report_seq = next_report_seq(state_dir)?;
+    write_atomic(
+        &path,
+        r.to_json_seq(&hex(kp.pk.as_ref()), report_seq, 0)
+            .as_bytes(),
+        false,
+    )
+    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     if list.len() + 1 > cap {
         compact(&dir, cap)?;
     }
     Ok(())
+}
+
+/// The next value of the node's report counter (1, 2, ...; persisted before use, never reused).
+fn next_report_seq(state_dir: &Path) -> io::Result<u64> {
+    let path = state_dir.join(REPORT_SEQ_FILE);
+    let last: u64 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let next = last.saturating_add(1);
+    write_atomic(&path, format!("{next}\n").as_bytes(), false)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    Ok(next)
 }
 
 /// Bring the spool down to at most `cap` reports (at least one, the newest, always stays).
@@ -349,10 +379,11 @@ enum Post {
     Retry(String),
 }
 
-fn post(agent: &ureq::Agent, url: &str, body: &str) -> Post {
+fn post(agent: &ureq::Agent, url: &str, (body, sig): &(String, String)) -> Post {
     match agent
         .post(url)
         .header("Content-Type", "application/json")
+        .header(SIGNATURE_HEADER, sig.trim())
         .send(body.as_bytes())
     {
         Ok(mut resp) => {
@@ -375,8 +406,23 @@ fn post(agent: &ureq::Agent, url: &str, body: &str) -> Post {
     }
 }
 
-fn body_of(texts: &[String]) -> String {
-    format!("{{\"reports\":[{}]}}", texts.join(","))
+/// The signed envelope (the same `edgepatch-export/1` document a USB export carries): the body,
+/// and the signature line over its exact bytes.
+pub fn envelope(kp: &KeyPair, reports: &[String], status: Option<&str>) -> (String, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let body = json::Object::new()
+        .str("format", EXPORT_FORMAT)
+        .str("node_pubkey", &hex(kp.pk.as_ref()))
+        .num("exported_at", now)
+        .opt_str("status", status)
+        .raw("reports", &json::array(reports.iter().cloned()))
+        .finish();
+    let sig = kp.sk.sign(body.as_bytes(), None);
+    let line = format!("{SIGNATURE_TAG} {}\n", hex(sig.as_ref()));
+    (body, line)
 }
 
 fn reject(state_dir: &Path, e: &Entry, why: &str) -> io::Result<()> {
@@ -386,13 +432,76 @@ fn reject(state_dir: &Path, e: &Entry, why: &str) -> io::Result<()> {
     }
     let name = e.path.file_name().unwrap_or_default();
     log::warn!("center refused report {}: {why}", name.to_string_lossy());
+    let mut why_name = name.to_os_string();
+    why_name.push(WHY_SUFFIX);
+    write_atomic(&dir.join(why_name), format!("{why}\n").as_bytes(), false)?;
     std::fs::rename(&e.path, dir.join(name))?;
     let mut old = entries(&dir)?;
     while old.len() > REJECTED_KEEP {
         let e = old.remove(0);
         std::fs::remove_file(&e.path)?;
+        let mut why = e.path.into_os_string();
+        why.push(WHY_SUFFIX);
+        let _ = std::fs::remove_file(why);
     }
     Ok(())
+}
+
+/// Reports the center refused (`spool-rejected/`), oldest first: (file name, why).
+pub fn rejected(state_dir: &Path) -> io::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for e in entries(&state_dir.join(REJECTED_DIR))? {
+        let mut why = e.path.clone().into_os_string();
+        why.push(WHY_SUFFIX);
+        let why = std::fs::read_to_string(&why)
+            .map(|t| t.trim().to_string())
+            .unwrap_or_else(|_| "reason not recorded".into());
+        let name = e.path.file_name().unwrap_or_default();
+        out.push((name.to_string_lossy().into_owned(), why));
+    }
+    Ok(out)
+}
+
+/// Move every rejected report back to the end of the spool (`report --retry-rejected`); the
+/// next flush sends them again. Returns how many were moved.
+pub fn retry_rejected(state_dir: &Path) -> io::Result<usize> {
+    let rej = state_dir.join(REJECTED_DIR);
+    let list = entries(&rej)?;
+    if list.is_empty() {
+        return Ok(0);
+    }
+    let dir = state_dir.join(SPOOL_DIR);
+    if !dir.is_dir() {
+        create_dir_mode(&dir, 0o700)?;
+    }
+    let mut seq = entries(&dir)?.last().map_or(0, |e| e.seq);
+    for e in &list {
+        seq += 1;
+        std::fs::rename(&e.path, dir.join(format!("{seq:010}-{}.json", e.key)))?;
+        let mut why = e.path.clone().into_os_string();
+        why.push(WHY_SUFFIX);
+        let _ = std::fs::remove_file(why);
+    }
+    sync_dir(&dir)?;
+    sync_dir(&rej)?;
+    Ok(list.len())
+}
+
+/// `doctor`: does `report_url` answer? The center answers GET on its report URL with 200.
+pub fn probe(report_url: &str, timeout: Duration) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    match agent.get(report_url).call() {
+        Ok(resp) if resp.status().is_success() => Ok(format!("{report_url} answers")),
+        Ok(resp) => Err(format!(
+            "{report_url}: HTTP {}; is report_url the center's /api/v1/reports?",
+            resp.status().as_u16()
+        )),
+        Err(e) => Err(format!("{report_url}: {e}; is the center running?")),
+    }
 }
 
 /// POST the spool to `report_url`, oldest first, in batches of at most [`BATCH`]. Delivered
@@ -401,6 +510,7 @@ fn reject(state_dir: &Path, e: &Entry, why: &str) -> io::Result<()> {
 /// `spool-rejected/`. Err when the center could not be reached (the reports stay for next time).
 pub fn flush(state_dir: &Path, report_url: &str, timeout: Duration) -> Result<FlushStats, String> {
     let dir = state_dir.join(SPOOL_DIR);
+    let kp = node_key(state_dir).map_err(|e| e.to_string())?;
     let list = entries(&dir).map_err(|e| e.to_string())?;
     let mut stats = FlushStats {
         remaining: list.len(),
@@ -428,7 +538,7 @@ pub fn flush(state_dir: &Path, report_url: &str, timeout: Duration) -> Result<Fl
             continue;
         }
         let texts: Vec<String> = batch.iter().map(|(_, t)| t.clone()).collect();
-        match post(&agent, report_url, &body_of(&texts)) {
+        match post(&agent, report_url, &envelope(&kp, &texts, None)) {
             Post::Delivered => {
                 for (e, _) in &batch {
                     std::fs::remove_file(&e.path).map_err(io_err)?;
@@ -446,7 +556,11 @@ pub fn flush(state_dir: &Path, report_url: &str, timeout: Duration) -> Result<Fl
             Post::Refused(msg) => {
                 log::warn!("center refused a batch of {}: {msg}", batch.len());
                 for (e, text) in &batch {
-                    match post(&agent, report_url, &body_of(std::slice::from_ref(text))) {
+                    match post(
+                        &agent,
+                        report_url,
+                        &envelope(&kp, std::slice::from_ref(text), None),
+                    ) {
                         Post::Delivered => {
                             std::fs::remove_file(&e.path).map_err(io_err)?;
                             stats.delivered += 1;
@@ -511,6 +625,7 @@ pub fn export_status(state_dir: &Path, out_dir: &Path) -> Result<PathBuf, String
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("{}: {e}", status_path.display())),
     };
+    let (body, sig_text) = envelope(&kp, &reports, status.as_deref());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -519,14 +634,6 @@ pub fn export_status(state_dir: &Path, out_dir: &Path) -> Result<PathBuf, String
         .last()
         .and_then(|r| json_str_field(r, "node_id"))
         .unwrap_or_else(|| hex(&keys::key_id(&kp.pk)));
-    let body = json::Object::new()
-        .str("format", EXPORT_FORMAT)
-        .str("node_pubkey", &hex(kp.pk.as_ref()))
-        .num("exported_at", now)
-        .opt_str("status", status.as_deref())
-        .raw("reports", &json::array(reports.iter().cloned()))
-        .finish();
-    let sig = kp.sk.sign(body.as_bytes(), None);
     let safe: String = node
         .chars()
         .map(|c| {
@@ -547,7 +654,6 @@ pub fn export_status(state_dir: &Path, out_dir: &Path) -> Result<PathBuf, String
         }
         std::fs::create_dir(&tmp)?;
         write_atomic(&tmp.join(EXPORT_JSON), body.as_bytes(), false)?;
-        let sig_text = format!("{SIGNATURE_TAG} {}\n", hex(sig.as_ref()));
         write_atomic(&tmp.join(EXPORT_SIG), sig_text.as_bytes(), false)?;
         write_atomic(
             &tmp.join(NODE_PUB_FILE),
@@ -853,8 +959,10 @@ mod tests {
         );
         let b = bodies.lock().unwrap();
         assert_eq!(b.len(), 4, "one refused try, then 100+100+50");
-        assert_eq!(b[1].matches("\"node_pubkey\"").count(), 100);
-        assert!(b[3].starts_with("{\"reports\":[{"));
+        // 100 reports plus the envelope's own key.
+        assert_eq!(b[1].matches("\"node_pubkey\"").count(), 101);
+        assert!(b[1].starts_with("{\"format\":\"edgepatch-export/1\""));
+
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -872,6 +980,11 @@ mod tests {
         assert_eq!(stats.remaining, 0);
         assert_eq!(bodies.lock().unwrap().len(), 4);
         assert_eq!(entries(&d.join(REJECTED_DIR)).unwrap().len(), 1);
+        let why = rejected(&d).unwrap();
+        assert_eq!(why.len(), 1);
+        assert!(why[0].1.contains("HTTP 422"), "{why:?}");
+        assert_eq!(retry_rejected(&d).unwrap(), 1);
+        assert_eq!((pending(&d).unwrap(), rejected(&d).unwrap().len()), (1, 0));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

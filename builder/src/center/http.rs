@@ -1,13 +1,16 @@
 //! `edgepatch-builder serve`: the HTTP side of the center (axum on a small tokio runtime).
 //! SQLite work runs on blocking threads, so a slow client only ever holds its own task: the
-//! body size is capped, reading a body and answering both have a deadline.
+//! request headers, the body and the answer each have a deadline, the body size is capped, and
+//! so are connections, in total and per client address. Each connection is its own task: a
+//! panic inside one request ends that task, not the center (when built with panic=unwind, see
+//! the `center` profile in Cargo.toml).
 
 // Handlers return `Result<_, Response>`: an error *is* the response, built once per request,
 // so boxing it would only add an allocation.
 #![allow(clippy::result_large_err)]
 
 use super::dashboard::{self, View};
-use super::db::{self, Db, Filter, IngestError};
+use super::db::{self, Db, Filter};
 use super::model::{self, MAX_BODY};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
@@ -16,9 +19,12 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use tower_http::services::ServeDir;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
@@ -60,36 +66,54 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(internal)?
 }
 
-async fn post_reports(State(c): State<Shared>, body: Bytes) -> Response {
-    let reports = match model::parse_batch(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            c.refused.fetch_add(1, Ordering::Relaxed);
-            return err(StatusCode::BAD_REQUEST, e);
-        }
-    };
+async fn post_reports(
+    State(c): State<Shared>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let sig = headers
+        .get(edgepatch::report::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let c2 = c.clone();
-    let result = blocking(move || {
-        c2.db
-            .write(|conn| db::ingest(conn, &reports, db::now(), "http"))
-            .map_err(|e| match e {
-                IngestError::KeyMismatch(m) => {
-                    c2.refused.fetch_add(1, Ordering::Relaxed);
-                    err(StatusCode::CONFLICT, m)
-                }
-                e => internal(e),
-            })
+    blocking(move || {
+        let now = db::now();
+        let env = match model::open_envelope(&body, &sig, now) {
+            Ok(e) => e,
+            Err(e) => {
+                c2.refused.fetch_add(1, Ordering::Relaxed);
+                let status = match e {
+                    model::EnvelopeError::Invalid(_) => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                return Err(err(status, e.to_string()));
+            }
+        };
+        let (r, state) = c2
+            .db
+            .write(|conn| db::ingest(conn, &env, now, "http"))
+            .map_err(internal)?;
+        c2.accepted.fetch_add(r.accepted as u64, Ordering::Relaxed);
+        c2.duplicates
+            .fetch_add(r.duplicates as u64, Ordering::Relaxed);
+        Ok(json(&serde_json::json!({
+            "accepted": r.accepted,
+            "duplicates": r.duplicates,
+            "counted": r.counted,
+            "node": state,
+        })))
     })
-    .await;
-    match result {
-        Ok(r) => {
-            c.accepted.fetch_add(r.accepted as u64, Ordering::Relaxed);
-            c.duplicates
-                .fetch_add(r.duplicates as u64, Ordering::Relaxed);
-            json(&serde_json::json!({ "accepted": r.accepted, "duplicates": r.duplicates }))
-        }
-        Err(resp) => resp,
-    }
+    .await
+    .unwrap_or_else(|r| r)
+}
+
+/// `doctor` on the node: the report URL answers GET.
+async fn get_reports() -> Response {
+    json(&serde_json::json!({
+        "ok": true,
+        "accepts": "POST of an edgepatch-export/1 envelope signed by the node key",
+    }))
 }
 
 #[derive(Deserialize, Default)]
@@ -305,7 +329,9 @@ pub fn router(center: Shared, mirror: Option<PathBuf>) -> Router {
     let mut app = Router::new()
         .route(
             "/api/v1/reports",
-            post(post_reports).layer(DefaultBodyLimit::max(MAX_BODY)),
+            post(post_reports)
+                .get(get_reports)
+                .layer(DefaultBodyLimit::max(MAX_BODY)),
         )
         .route("/api/v1/nodes", get(get_nodes))
         .route("/api/v1/cycles/{cycle}", get(get_cycle))
@@ -325,15 +351,107 @@ pub fn router(center: Shared, mirror: Option<PathBuf>) -> Router {
         ))
 }
 
+/// Connection limits for `serve`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Whole request head (request line and headers) must arrive within this.
+    pub header_timeout: Duration,
+    /// Open connections in total; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Open connections per client address; further ones are closed at once.
+    pub max_per_client: usize,
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerClient {
+    fn enter(&self, ip: IpAddr, max: usize) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let per_client = Arc::new(PerClient::default());
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: wait for connections to close instead of spinning.
+                    eprintln!("edgepatch-builder serve: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let ip = peer.ip();
+        if !per_client.enter(ip, limits.max_per_client) {
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let per_client = per_client.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = conn.await;
+            per_client.leave(ip);
+            drop(permit);
+        });
+    }
+}
+
 pub fn serve(
     listen: &str,
     db_path: &std::path::Path,
     mirror: Option<PathBuf>,
     silent_after: i64,
+    limits: Limits,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     if let Some(m) = &mirror {
         anyhow::ensure!(m.is_dir(), "--mirror {}: not a directory", m.display());
+    }
+    if cfg!(panic = "abort") {
+        eprintln!(
+            "edgepatch-builder serve: warning: built with panic=abort, so a bug hit by one \
+             request ends the center; build with 'cargo build --profile center'"
+        );
     }
     let center = Arc::new(Center {
         db: Db::open(db_path)?,
@@ -356,22 +474,21 @@ pub fn serve(
             "edgepatch-builder serve: listening on http://{addr}/ (db {})",
             db_path.display()
         );
-        axum::serve(listener, router(center, mirror))
-            .with_graceful_shutdown(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                match signal(SignalKind::terminate()) {
-                    Ok(mut term) => {
-                        tokio::select! {
-                            _ = tokio::signal::ctrl_c() => {}
-                            _ = term.recv() => {}
-                        }
-                    }
-                    Err(_) => {
-                        let _ = tokio::signal::ctrl_c().await;
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
                     }
                 }
-            })
-            .await
-            .context("serve")
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        accept_loop(listener, router(center, mirror), limits, shutdown).await;
+        Ok(())
     })
 }
