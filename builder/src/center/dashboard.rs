@@ -327,6 +327,24 @@ pub fn render(view: &View, p: &Page) -> String {
         p.nodes.len(),
         p.nodes_total
     );
+    let mut cli = String::from("edgepatch-builder fleet --db DB list");
+    if let Some(c) = &p.selected {
+        let _ = write!(cli, " --cycle {c}");
+    }
+    if let Some(st) = &view.filter.state {
+        let _ = write!(cli, " --state {st}");
+    }
+    if let Some(v) = &view.filter.variant {
+        let _ = write!(cli, " --variant {v}");
+    }
+    if let Some((k, v)) = &view.filter.label {
+        let _ = write!(cli, " --label {k}={v}");
+    }
+    let _ = write!(
+        h,
+        "<p class=muted id=same-list>Same list on the command line: <code>{} --json</code></p>",
+        esc(&cli)
+    );
     h += "<table id=nodes><tr><th class=l>node</th><th class=l>variant</th><th class=l>labels</th>\
           <th class=l>state</th><th class=l>installed</th><th class=l>last result</th>\
           <th>last seen</th></tr>";
@@ -535,6 +553,16 @@ mod tests {
         assert!(plot(&[], 10, None, 100).contains("no node has finished"));
         let s = plot(&[100, 200, 300], 4, Some(50), 1000);
         assert!(s.contains("<polyline") && s.contains("3 of 4 done"));
+        // Whatever times are stored, the arithmetic holds (issue 17: i64::MAX crashed it).
+        for (d, first, now) in [
+            (vec![i64::MAX], Some(0), 0),
+            (vec![i64::MIN, i64::MAX], None, i64::MAX),
+            (vec![5, 1], Some(i64::MAX), i64::MIN),
+        ] {
+            assert!(plot(&d, 1, first, now).contains("<polyline"));
+        }
+        assert_eq!(utc(i64::MAX), "out-of-range");
+        assert_eq!(ago(i64::MIN, i64::MAX), "0 s ago");
         let many: Vec<i64> = (0..10_000).collect();
         assert!(plot(&many, 10_000, None, 20_000).len() < 40_000);
     }

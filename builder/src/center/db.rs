@@ -687,13 +687,16 @@ pub fn accept(conn: &mut Connection, node: &str) -> anyhow::Result<usize> {
     Ok(n)
 }
 
-/// Nodes with a key waiting for acceptance: (node, waiting keys).
-pub fn waiting_nodes(conn: &Connection) -> anyhow::Result<Vec<(String, i64)>> {
+/// Nodes with a key waiting for acceptance: (node, waiting keys, whether the node already has
+/// an accepted key, i.e. the waiting key would replace it).
+pub fn waiting_nodes(conn: &Connection) -> anyhow::Result<Vec<(String, i64, bool)>> {
     let mut st = conn.prepare_cached(
-        "SELECT node_id, count(*) FROM node_keys WHERE status = 'unaccepted'
-         GROUP BY node_id ORDER BY node_id",
+        "SELECT w.node_id, count(*), EXISTS (SELECT 1 FROM node_keys a
+                WHERE a.node_id = w.node_id AND a.status = 'accepted')
+         FROM node_keys w WHERE w.status = 'unaccepted'
+         GROUP BY w.node_id ORDER BY w.node_id",
     )?;
-    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -1269,6 +1272,7 @@ mod tests {
         Envelope {
             pubkey: reports[0].node_pubkey.clone(),
             node_id: Some(reports[0].node_id.clone()),
+            exported_at: 0,
             status: None,
             reports,
         }

@@ -135,7 +135,12 @@ fn ingest_one(conn: &mut rusqlite::Connection, dir: &Path) -> anyhow::Result<Str
     let (got, state) = if v.reports.is_empty() {
         (db::Ingested::default(), "none")
     } else {
-        db::ingest(conn, &v, db::now(), "usb")
+        // The center heard of these when the stick was written, not when it was plugged in
+        // (a node last exported a week ago is silent): the export's time, never later than now.
+        let now = db::now();
+        let written = i64::try_from(v.exported_at).unwrap_or(now).min(now);
+        let received = written.max(super::model::MIN_TIME as i64);
+        db::ingest(conn, &v, received, "usb")
             .map_err(|e| anyhow::anyhow!("{}: database: {e}", dir.display()))?
     };
     if let (Some(s), "accepted") = (&v.status, state) {

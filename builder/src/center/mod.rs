@@ -110,7 +110,8 @@ pub enum FleetCmd {
     Accept {
         #[arg(required_unless_present = "all_pending")]
         nodes: Vec<String>,
-        /// Every node with exactly one waiting key
+        /// Every new node with exactly one waiting key (a key change of an accepted node
+        /// always needs 'accept NODE')
         #[arg(long, conflicts_with = "nodes")]
         all_pending: bool,
     },
@@ -192,8 +193,13 @@ pub fn fleet(a: &FleetArgs) -> anyhow::Result<()> {
         Some(FleetCmd::Accept { nodes, all_pending }) => {
             let targets: Vec<String> = if *all_pending {
                 let mut t = Vec::new();
-                for (n, keys) in db::waiting_nodes(&conn)? {
-                    if keys == 1 {
+                for (n, keys, known) in db::waiting_nodes(&conn)? {
+                    if known {
+                        eprintln!(
+                            "node {n}: a new key would replace its accepted one (reimaged, or an \
+                             impostor); not accepted: check, then 'fleet accept {n}'"
+                        );
+                    } else if keys == 1 {
                         t.push(n);
                     } else {
                         eprintln!(

@@ -229,6 +229,8 @@ impl WireReport {
 pub struct Envelope {
     pub pubkey: String,
     pub node_id: Option<String>,
+    /// When the node wrote it (its clock, signed); bounds a USB export's receive time.
+    pub exported_at: u64,
     pub status: Option<String>,
     pub reports: Vec<WireReport>,
 }
@@ -237,6 +239,8 @@ pub struct Envelope {
 struct RawEnvelope {
     format: String,
     node_pubkey: String,
+    #[serde(default)]
+    exported_at: u64,
     #[serde(default)]
     status: Option<String>,
     reports: Vec<serde_json::Value>,
@@ -329,6 +333,7 @@ pub fn open_envelope(body: &[u8], sig_line: &str, now: i64) -> Result<Envelope, 
     Ok(Envelope {
         pubkey: raw.node_pubkey,
         node_id,
+        exported_at: raw.exported_at,
         status: raw.status,
         reports,
     })
