@@ -56,7 +56,12 @@ struct Server {
 
 impl Server {
     fn start(db: &Path, extra: &[&str]) -> Server {
+        Server::start_env(db, extra, &[])
+    }
+
+    fn start_env(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(ensure_builder())
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(db)
             .args(extra)
@@ -1148,6 +1153,23 @@ fn forged_reports_never_count_squatting_is_no_dead_end_and_no_halt_is_forged() {
     .expect(0);
     assert!(!out.stdout.contains("HALT"), "{}", out.stdout);
     assert!(out.stdout.contains("22 unaccepted"), "{}", out.stdout);
+}
+
+/// A bug hit by one request (a panic) answers 500 and ends nothing: the center keeps serving.
+#[test]
+fn a_panic_in_one_request_does_not_end_the_center() {
+    let s = Scratch::new("center-panic");
+    let srv = Server::start_env(
+        &s.join("c.db"),
+        &[],
+        &[("EDGEPATCH_CENTER_TEST_PANIC", "1")],
+    );
+    for _ in 0..3 {
+        let r = get(&srv, "/test/panic");
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert!(r.body.contains("the center runs on"), "{}", r.body);
+    }
+    assert_eq!(get(&srv, "/").status, 200);
 }
 
 /// 1,100 connections that send one request line and then nothing: the center closes them after

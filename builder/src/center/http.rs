@@ -318,6 +318,22 @@ async fn get_node(State(c): State<Shared>, UrlPath(id): UrlPath<String>) -> Resp
     }
 }
 
+/// A panic while handling one request becomes a 500 for that request (with panic=unwind; see
+/// the `center` profile). Blocking work panicking is caught by `spawn_blocking` already.
+async fn catch_panics(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error (a bug in the center; the request was dropped, the center runs on)",
+        ),
+    }
+}
+
 async fn not_found() -> Response {
     err(
         StatusCode::NOT_FOUND,
@@ -344,7 +360,20 @@ pub fn router(center: Shared, mirror: Option<PathBuf>) -> Router {
         // ServeDir refuses paths that leave `dir` and answers Range requests.
         app = app.nest_service("/mirror", ServeDir::new(dir));
     }
-    app.layer(RequestBodyTimeoutLayer::new(Duration::from_secs(30)))
+    // Test hook (debug builds only, and only when asked for): a handler that panics.
+    if cfg!(debug_assertions) && std::env::var_os("EDGEPATCH_CENTER_TEST_PANIC").is_some() {
+        app = app.route(
+            "/test/panic",
+            get(|| async {
+                if true {
+                    panic!("test panic");
+                }
+                ""
+            }),
+        );
+    }
+    app.layer(axum::middleware::from_fn(catch_panics))
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(30)))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(60),

@@ -174,9 +174,11 @@ fn parse_inventory(text: &str, origin: &str) -> anyhow::Result<Vec<(String, Stri
 }
 
 pub fn fleet(a: &FleetArgs) -> anyhow::Result<()> {
+    // Preauthorizing may come before the first node reports: it creates the database.
+    let creates = matches!(a.cmd, Some(FleetCmd::Preauthorize { .. }));
     anyhow::ensure!(
-        a.db.is_file(),
-        "{}: no such database (serve or ingest create it)",
+        creates || a.db.is_file(),
+        "{}: no such database (serve, ingest or fleet preauthorize create it)",
         a.db.display()
     );
     let mut conn = db::open(&a.db)?;
