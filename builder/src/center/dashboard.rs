@@ -133,11 +133,20 @@ pub fn load(conn: &Connection, view: &View, silent_after: i64) -> anyhow::Result
         ..view.filter.clone()
     };
     let fleet = db::counts(conn, None, &counts_filter, cutoff)?;
-    let mut cycles = Vec::new();
-    for c in db::cycles(conn, CYCLES_SHOWN)? {
-        let n = db::counts(conn, Some(&c.cycle), &counts_filter, cutoff)?;
-        cycles.push((c, n));
-    }
+    let shown = db::cycles(conn, CYCLES_SHOWN)?;
+    let cycles: Vec<(Cycle, Counts)> =
+        if counts_filter.variant.is_none() && counts_filter.label.is_none() {
+            let names: Vec<&str> = shown.iter().map(|c| c.cycle.as_str()).collect();
+            let counts = db::counts_many(conn, &names, cutoff)?;
+            shown.into_iter().zip(counts).collect()
+        } else {
+            let mut v = Vec::new();
+            for c in shown {
+                let n = db::counts(conn, Some(&c.cycle), &counts_filter, cutoff)?;
+                v.push((c, n));
+            }
+            v
+        };
     let summary_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let selected = match &view.cycle {
         Some(c) => Some(c.clone()),

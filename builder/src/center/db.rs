@@ -18,7 +18,7 @@
 //!   so "pending" means "of this cycle's variant, not on it or newer".
 
 use super::model::{operator_action, Envelope, WireReport};
-use rusqlite::{named_params, params, Connection, OptionalExtension, Transaction};
+use rusqlite::{named_params, params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -67,7 +67,6 @@ CREATE TABLE IF NOT EXISTS reports (
     UNIQUE (key_no, id)
 );
 CREATE INDEX IF NOT EXISTS reports_node ON reports(node_id, received);
-CREATE INDEX IF NOT EXISTS reports_uncounted ON reports(key_no, counted);
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY,
     variant TEXT NOT NULL,
@@ -88,7 +87,10 @@ CREATE TABLE IF NOT EXISTS nodes (
     last_seen INTEGER NOT NULL,
     status TEXT
 );
-CREATE INDEX IF NOT EXISTS nodes_variant ON nodes(variant, last_seen, installed_sequence);
+-- Covering for the per-cycle counts: one index walk per variant, no table lookups.
+CREATE INDEX IF NOT EXISTS nodes_variant ON nodes(variant, node_id, last_seen, installed_sequence);
+-- The summary walks all nodes once in id order (see `counts_many`).
+CREATE INDEX IF NOT EXISTS nodes_by_id ON nodes(node_id, variant, last_seen, installed_sequence);
 CREATE TABLE IF NOT EXISTS node_labels (
     node_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -111,9 +113,8 @@ CREATE TABLE IF NOT EXISTS node_cycles (
     fail_ord INTEGER,
     op_after_fail INTEGER NOT NULL,
     healed INTEGER NOT NULL,
-    PRIMARY KEY (node_id, cycle)
+    PRIMARY KEY (cycle, node_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS node_cycles_cycle ON node_cycles(cycle, state);
 CREATE TABLE IF NOT EXISTS cycles (
     cycle TEXT PRIMARY KEY,
     first_seen INTEGER NOT NULL,
@@ -261,11 +262,48 @@ pub fn ingest(
     received: i64,
     source: &str,
 ) -> rusqlite::Result<(Ingested, &'static str)> {
+    let tx = conn.transaction()?;
+    let out = ingest_on(&tx, env, received, source)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Several envelopes in one transaction (the server's group commit), each in its own
+/// savepoint: one failing leaves the others stored.
+pub fn ingest_many(
+    conn: &mut Connection,
+    envs: &[(Envelope, i64)],
+    source: &str,
+) -> rusqlite::Result<Vec<rusqlite::Result<(Ingested, &'static str)>>> {
+    let mut tx = conn.transaction()?;
+    let mut out = Vec::with_capacity(envs.len());
+    for (env, received) in envs {
+        let sp = tx.savepoint()?;
+        match ingest_on(&sp, env, *received, source) {
+            Ok(v) => {
+                sp.commit()?;
+                out.push(Ok(v));
+            }
+            Err(e) => {
+                drop(sp);
+                out.push(Err(e));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+fn ingest_on(
+    tx: &Connection,
+    env: &Envelope,
+    received: i64,
+    source: &str,
+) -> rusqlite::Result<(Ingested, &'static str)> {
     let mut out = Ingested::default();
     let Some(node) = env.node_id.as_deref() else {
         return Ok((out, "none"));
     };
-    let tx = conn.transaction()?;
     let variant = env.reports.last().map(|r| r.variant.as_str());
     let key: Option<(i64, String)> = tx
         .prepare_cached("SELECT key_no, status FROM node_keys WHERE node_id = ?1 AND pubkey = ?2")?
@@ -333,12 +371,12 @@ pub fn ingest(
             out.accepted += 1;
             if counted {
                 out.counted += 1;
-                count_report(&tx, &rec_of(r, key_no, received, labels))?;
+                count_report(tx, &rec_of(r, key_no, received, labels))?;
             }
         }
     }
     if status == "preauthorized" {
-        promote(&tx, node, key_no)?;
+        promote(tx, node, key_no)?;
         out.counted = out.accepted;
     }
     if let Some(s) = &env.status {
@@ -347,7 +385,6 @@ pub fn ingest(
             params![node, s, key_no],
         )?;
     }
-    tx.commit()?;
     let st = match status.as_str() {
         "accepted" | "preauthorized" => "accepted",
         "retired" => "retired",
@@ -380,7 +417,7 @@ fn rec_of(r: &WireReport, key_no: i64, received: i64, labels: String) -> Rec {
 }
 
 /// Make `key_no` the node's accepted key (retiring any other) and count its stored reports.
-fn promote(tx: &Transaction, node: &str, key_no: i64) -> rusqlite::Result<usize> {
+fn promote(tx: &Connection, node: &str, key_no: i64) -> rusqlite::Result<usize> {
     tx.execute(
         "UPDATE node_keys SET status = 'retired'
          WHERE node_id = ?1 AND status = 'accepted' AND key_no != ?2",
@@ -452,7 +489,7 @@ fn is_failure(state: &str, r: &Rec) -> bool {
 }
 
 /// Apply one report of an accepted node to `nodes`, `node_cycles` and `cycles`.
-fn count_report(tx: &Transaction, r: &Rec) -> rusqlite::Result<()> {
+fn count_report(tx: &Connection, r: &Rec) -> rusqlite::Result<()> {
     let ord = ord_of(r.key_no, r.report_seq);
     let node: Option<(i64, i64, String)> = tx
         .prepare_cached("SELECT last_ord, last_received, labels FROM nodes WHERE node_id = ?1")?
@@ -561,7 +598,7 @@ struct CycleRow {
 /// A node's state in one cycle, from its reports about that cycle. Outcomes (done, failed,
 /// rolled back, quarantined) are not overwritten by weak news (ready, deferred, not newer,
 /// error); done is undone only by a rollback.
-fn merge_cycle(tx: &Transaction, cycle: &str, r: &Rec, ord: i64) -> rusqlite::Result<()> {
+fn merge_cycle(tx: &Connection, cycle: &str, r: &Rec, ord: i64) -> rusqlite::Result<()> {
     let row: Option<CycleRow> = tx
         .prepare_cached(
             "SELECT state, exit_code, ord, received, done_time, reports, dropped, failures,
@@ -965,6 +1002,89 @@ pub fn counts(
         c.add(&s, n);
     }
     Ok(c.tidy())
+}
+
+/// `counts` for several cycles of the whole fleet (no variant/label filter) in one walk: the
+/// nodes once in id order, then each cycle's rows (stored in id order) merged against them in
+/// memory, with the very rules of `CYCLE_STATE`. The dashboard summary at 10,000 nodes and 8
+/// cycles costs one join per cycle otherwise.
+pub fn counts_many(conn: &Connection, cycles: &[&str], cutoff: i64) -> anyhow::Result<Vec<Counts>> {
+    struct N {
+        id: String,
+        variant: String,
+        last_seen: i64,
+        iseq: Option<i64>,
+    }
+    let mut nodes: Vec<N> = Vec::new();
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT node_id, variant, last_seen, installed_sequence FROM nodes ORDER BY node_id",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            nodes.push(N {
+                id: r.get(0)?,
+                variant: r.get(1)?,
+                last_seen: r.get(2)?,
+                iseq: r.get(3)?,
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(cycles.len());
+    for cycle in cycles {
+        let mut cv: BTreeMap<String, Option<i64>> = BTreeMap::new();
+        {
+            let mut st = conn
+                .prepare_cached("SELECT variant, sequence FROM cycle_variants WHERE cycle = ?1")?;
+            let mut rows = st.query([cycle])?;
+            while let Some(r) = rows.next()? {
+                cv.insert(r.get(0)?, r.get(1)?);
+            }
+        }
+        let mut c = Counts::default();
+        let mut st = conn.prepare_cached(
+            "SELECT node_id, state, fail_ord IS NOT NULL, healed FROM node_cycles
+             WHERE cycle = ?1 ORDER BY node_id",
+        )?;
+        let mut rows = st.query([cycle])?;
+        let mut next: Option<(String, String, bool, bool)> = match rows.next()? {
+            Some(r) => Some((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            None => None,
+        };
+        for n in &nodes {
+            // Advance the cycle's rows to this node (rows of nodes that are gone are skipped).
+            while next
+                .as_ref()
+                .is_some_and(|(id, ..)| id.as_str() < n.id.as_str())
+            {
+                next = match rows.next()? {
+                    Some(r) => Some((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    None => None,
+                };
+            }
+            let row = next.as_ref().filter(|(id, ..)| *id == n.id);
+            let Some(seq) = cv.get(&n.variant) else {
+                continue;
+            };
+            let state = row.map(|(_, s, ..)| s.as_str());
+            let s = match state {
+                Some("done") => "done",
+                _ if n.last_seen < cutoff => "silent",
+                Some(s @ ("failed" | "rolled-back" | "quarantined")) => s,
+                _ if matches!((seq, n.iseq), (Some(q), Some(i)) if i > *q) => "superseded",
+                Some(s) => s,
+                None => "pending",
+            };
+            c.nodes += 1;
+            c.add(s, 1);
+            if let Some((_, st, hit, healed)) = row {
+                c.hit_failure += u64::from(*hit);
+                c.self_healed += u64::from(*healed && st == "done");
+            }
+        }
+        out.push(c.tidy());
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

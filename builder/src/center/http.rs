@@ -29,8 +29,64 @@ use std::time::Duration;
 use tower_http::services::ServeDir;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
+/// One verified envelope waiting for the writer thread.
+struct Job {
+    env: model::Envelope,
+    received: i64,
+    reply: tokio::sync::oneshot::Sender<Result<(db::Ingested, &'static str), String>>,
+}
+
+/// Most envelopes committed in one transaction.
+const GROUP_COMMIT: usize = 64;
+
+/// The writer thread: takes every envelope queued meanwhile and stores them in one transaction
+/// (group commit; each in its own savepoint), then answers each request.
+fn writer(center: Arc<Center>, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let envs: Vec<(model::Envelope, i64)> = batch
+            .iter_mut()
+            .map(|j| {
+                (
+                    std::mem::replace(
+                        &mut j.env,
+                        model::Envelope {
+                            pubkey: String::new(),
+                            node_id: None,
+                            exported_at: 0,
+                            status: None,
+                            reports: Vec::new(),
+                        },
+                    ),
+                    j.received,
+                )
+            })
+            .collect();
+        let results = center.db.write(|conn| db::ingest_many(conn, &envs, "http"));
+        match results {
+            Ok(rs) => {
+                for (j, r) in batch.into_iter().zip(rs) {
+                    let _ = j.reply.send(r.map_err(|e| format!("database: {e}")));
+                }
+            }
+            Err(e) => {
+                for j in batch {
+                    let _ = j.reply.send(Err(format!("database: {e}")));
+                }
+            }
+        }
+    }
+}
+
 pub struct Center {
     pub db: Db,
+    jobs: Mutex<Option<std::sync::mpsc::SyncSender<Job>>>,
     pub silent_after: i64,
     accepted: AtomicU64,
     duplicates: AtomicU64,
@@ -77,7 +133,7 @@ async fn post_reports(
         .unwrap_or("")
         .to_string();
     let c2 = c.clone();
-    blocking(move || {
+    let verified = blocking(move || {
         let now = db::now();
         let env = match model::open_envelope(&body, &sig, now) {
             Ok(e) => e,
@@ -90,22 +146,41 @@ async fn post_reports(
                 return Err(err(status, e.to_string()));
             }
         };
-        let (r, state) = c2
-            .db
-            .write(|conn| db::ingest(conn, &env, now, "http"))
-            .map_err(internal)?;
-        c2.accepted.fetch_add(r.accepted as u64, Ordering::Relaxed);
-        c2.duplicates
-            .fetch_add(r.duplicates as u64, Ordering::Relaxed);
-        Ok(json(&serde_json::json!({
-            "accepted": r.accepted,
-            "duplicates": r.duplicates,
-            "counted": r.counted,
-            "node": state,
-        })))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sender = c2
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| internal("writer stopped"))?;
+        sender
+            .send(Job {
+                env,
+                received: now,
+                reply,
+            })
+            .map_err(|_| internal("writer stopped"))?;
+        Ok(answer)
     })
-    .await
-    .unwrap_or_else(|r| r)
+    .await;
+    let answer = match verified {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let (r, state) = match answer.await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return internal(e),
+        Err(_) => return internal("writer stopped"),
+    };
+    c.accepted.fetch_add(r.accepted as u64, Ordering::Relaxed);
+    c.duplicates
+        .fetch_add(r.duplicates as u64, Ordering::Relaxed);
+    json(&serde_json::json!({
+        "accepted": r.accepted,
+        "duplicates": r.duplicates,
+        "counted": r.counted,
+        "node": state,
+    }))
 }
 
 /// `doctor` on the node: the report URL answers GET.
@@ -482,13 +557,21 @@ pub fn serve(
              request ends the center; build with 'cargo build --profile center'"
         );
     }
+    let (jobs, queue) = std::sync::mpsc::sync_channel(1024);
     let center = Arc::new(Center {
         db: Db::open(db_path)?,
+        jobs: Mutex::new(Some(jobs)),
         silent_after,
         accepted: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         refused: AtomicU64::new(0),
     });
+    {
+        let c = center.clone();
+        std::thread::Builder::new()
+            .name("db-writer".into())
+            .spawn(move || writer(c, queue))?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
