@@ -252,7 +252,7 @@ pub fn render(view: &View, p: &Page) -> String {
     for s in STATES {
         let _ = write!(h, "<th title=\"{}\">{s}</th>", esc(state_help(s)));
     }
-    h += "<th>done %</th><th title=\"hit a failure, then done with no operator action\">self-healed</th></tr>";
+    h += "<th>done %</th><th title=\"hit a failure, then done with no operator action\">healed</th></tr>";
     let mut rows: Vec<(Option<&str>, &Counts)> = p
         .cycles
         .iter()
@@ -283,15 +283,17 @@ pub fn render(view: &View, p: &Page) -> String {
                 "<td class=s-{s} data-cycle=\"{key}\" data-state=\"{s}\">{cell}</td>"
             );
         }
-        let healed = if cycle.is_some() {
+        let healed = if cycle.is_some() && n.hit_failure > 0 {
             format!(
-                "{} of {} ({})",
+                "<span title=\"{} of {} nodes that hit a failure\">{}/{} {}</span>",
+                n.self_healed,
+                n.hit_failure,
                 n.self_healed,
                 n.hit_failure,
                 pct(n.self_healed, n.hit_failure)
             )
         } else {
-            "–".into()
+            "<span class=muted>–</span>".into()
         };
         let _ = write!(
             h,
