@@ -157,7 +157,7 @@ pub struct FlushStats {
 
 /// The node's own signing key, `state_dir/node.key` (0600), created from /dev/urandom at first
 /// use, with `node.pub` beside it. A damaged key file is an error, never silently replaced: the
-/// center has pinned the old public key.
+/// center has accepted the old public key.
 pub fn node_key(state_dir: &Path) -> io::Result<KeyPair> {
     let path = state_dir.join(NODE_KEY_FILE);
     match std::fs::read_to_string(&path) {
@@ -166,7 +166,7 @@ pub fn node_key(state_dir: &Path) -> io::Result<KeyPair> {
             let sk = keys::parse_secret(&text, &origin).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{e}; remove it to make a new key, then unpin the node at the center"),
+                    format!("{e}; remove it to make a new key, then accept the node again at the center"),
                 )
             })?;
             Ok(KeyPair {

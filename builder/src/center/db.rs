@@ -622,7 +622,16 @@ fn merge_cycle(tx: &Connection, cycle: &str, r: &Rec, ord: i64) -> rusqlite::Res
             })
         })
         .optional()?;
-    let mut row = match (row, r.state.as_deref()) {
+    // A rollback order rolls back only a node that had the cycle; elsewhere it means "refuse it".
+    let state = match r.state.as_deref() {
+        Some("rolled-back")
+            if r.command == "order-rollback" && row.as_ref().is_none_or(|x| x.state != "done") =>
+        {
+            None
+        }
+        s => s,
+    };
+    let mut row = match (row, state) {
         (Some(row), _) => row,
         (None, Some(s)) => CycleRow {
             state: s.to_string(),
@@ -643,7 +652,7 @@ fn merge_cycle(tx: &Connection, cycle: &str, r: &Rec, ord: i64) -> rusqlite::Res
     if operator_action(&r.command) && row.fail_ord.is_some() && row.done_time.is_none() {
         row.op_after_fail = true;
     }
-    if let Some(s) = r.state.as_deref() {
+    if let Some(s) = state {
         let newer = (ord, r.received) >= (row.ord, row.received);
         let replace = match row.state.as_str() {
             "done" => matches!(s, "rolled-back" | "done"),

@@ -2,8 +2,8 @@
 //!
 //! - `serve`: HTTP API for agents (`POST /api/v1/reports`), JSON views, Prometheus metrics, the
 //!   dashboard at `/`, and optionally the mirror tree under `/mirror/`;
-//! - `ingest`: USB exports from offline sites (signature checked, node key pinned);
-//! - `fleet`: the dashboard's summary for a terminal.
+//! - `ingest`: USB exports from offline sites (signature checked; new keys wait for acceptance);
+//! - `fleet`: the dashboard's summary for a terminal, node lists and history, enrolment.
 //!
 //! Everything is stored in one SQLite file (WAL), see `db`.
 

@@ -31,9 +31,11 @@ pub const MIN_TIME: u64 = 1_577_836_800;
 /// How far ahead of the center's clock a node's clock may be.
 pub const MAX_AHEAD: u64 = 86_400;
 
-/// Commands whose reports are operator actions (they break a "self-healed" streak).
+/// Commands whose reports are operator actions (they break a "self-healed" streak): a manual
+/// rollback, a carried-out signed order, a key list import. (`import` and `recover` also run
+/// automatically inside `run` and at every start, so they are not.)
 pub fn operator_action(command: &str) -> bool {
-    matches!(command, "rollback" | "recover" | "import" | "keys") || command.starts_with("order")
+    matches!(command, "rollback" | "keys") || command.starts_with("order")
 }
 
 /// What a state means, for the dashboard legend and `fleet`.
@@ -377,6 +379,12 @@ mod tests {
         assert_eq!(state_of("apply", 0), Some("done"));
         assert_eq!(state_of("verify", 0), Some("ready"));
         assert_eq!(state_of("rollback", 0), Some("rolled-back"));
+        assert_eq!(state_of("order-rollback", 0), Some("rolled-back"));
+        assert_eq!(state_of("order-halt", 0), None);
+        assert_eq!(state_of("import", 0), Some("ready"));
+        assert_eq!(state_of("import", 2), Some("quarantined"));
+        assert_eq!(state_of("recover", 0), None);
+        assert!(operator_action("order-resume") && !operator_action("import"));
         assert_eq!(state_of("apply", 5), Some("deferred"));
         assert_eq!(state_of("apply", 2), Some("quarantined"));
         assert_eq!(state_of("apply", 3), Some("quarantined"));
