@@ -1128,6 +1128,16 @@ fn forged_reports_never_count_squatting_is_no_dead_end_and_no_halt_is_forged() {
     );
     let list = fleet_cmd(&db, &["list", "--state", "unaccepted"]).expect(0);
     assert!(list.stdout.contains("3 key(s) wait"), "{}", list.stdout);
+    let page = get(&srv, "/?state=unaccepted");
+    assert_eq!(
+        page.body.matches("<td class=l>till-new</td>").count(),
+        2,
+        "{}",
+        page.body
+    );
+    let api = get(&srv, "/api/v1/nodes?state=unaccepted");
+    assert_eq!(json_num(&api.body, "total"), Some(3), "{}", api.body);
+    assert!(!api.body.contains(&epk), "no API returns keys");
     // 20 forged failures under 20 made-up ids: no halt.
     for i in 0..20 {
         let kp = keypair(700 + i);

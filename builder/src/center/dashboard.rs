@@ -116,6 +116,8 @@ pub struct Page {
     pub done_times: Vec<i64>,
     pub nodes: Vec<Node>,
     pub nodes_total: u64,
+    /// Keys waiting for acceptance (when the view asks for state=unaccepted).
+    pub waiting: Vec<db::KeyRow>,
     pub variants: Vec<String>,
     pub labels: Vec<String>,
     /// Nodes with a key waiting for acceptance (not counted anywhere else).
@@ -167,6 +169,11 @@ pub fn load(conn: &Connection, view: &View, silent_after: i64) -> anyhow::Result
         done_times,
         nodes,
         nodes_total,
+        waiting: if view.filter.state.as_deref() == Some("unaccepted") {
+            db::keys(conn, None, Some("unaccepted"))?
+        } else {
+            Vec::new()
+        },
         variants: db::variants(conn)?,
         labels: db::labels(conn)?,
         unaccepted: db::unaccepted_count(conn)?,
@@ -356,6 +363,31 @@ pub fn render(view: &View, p: &Page) -> String {
         "<p class=muted id=same-list>Same list on the command line: <code>{} --json</code></p>",
         esc(&cli)
     );
+    if view.filter.state.as_deref() == Some("unaccepted") {
+        let _ = write!(
+            h,
+            "<h2>Keys waiting for acceptance — {}</h2><p class=muted>Compare each fingerprint \
+             with <code>edgepatch status</code> on the node, then <code>edgepatch-builder fleet \
+             --db DB accept NODE</code>. Same list: <code>edgepatch-builder fleet --db DB list \
+             --state unaccepted --json</code></p><table id=waiting><tr><th class=l>node</th>\
+             <th class=l>key fingerprint</th><th class=l>variant</th><th>reports</th>\
+             <th>first seen</th></tr>",
+            p.waiting.len()
+        );
+        for k in &p.waiting {
+            let _ = write!(
+                h,
+                "<tr><td class=l>{}</td><td class=l><code>{}</code></td><td class=l>{}</td>\
+                 <td>{}</td><td>{} UTC</td></tr>",
+                esc(&k.node_id),
+                esc(&k.key_id),
+                esc(k.variant.as_deref().unwrap_or("–")),
+                k.reports,
+                utc(k.first_seen)
+            );
+        }
+        h += "</table>";
+    }
     h += "<table id=nodes><tr><th class=l>node</th><th class=l>variant</th><th class=l>labels</th>\
           <th class=l>state</th><th class=l>installed</th><th class=l>last result</th>\
           <th>last seen</th></tr>";

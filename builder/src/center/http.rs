@@ -219,6 +219,17 @@ async fn get_nodes(State(c): State<Shared>, Query(q): Query<FilterQuery>) -> Res
         Ok(v) => v,
         Err(r) => return r,
     };
+    if view.filter.state.as_deref() == Some("unaccepted") {
+        let r = blocking(move || {
+            c.db.read(|conn| db::keys(conn, None, Some("unaccepted")))
+                .map_err(internal)
+        })
+        .await;
+        return match r {
+            Ok(keys) => json(&serde_json::json!({ "total": keys.len(), "unaccepted": keys })),
+            Err(r) => r,
+        };
+    }
     let r = blocking(move || {
         let cutoff = db::now() - c.silent_after;
         c.db.read(|conn| {
