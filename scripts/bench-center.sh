@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Benchmark the center (issue 8): simulated agents POST reports in batches of 100 to a real
+# Benchmark the center (issues 8, 17): simulated agents POST node-signed reports to a real
 # `edgepatch-builder serve` on a loopback port with a fresh SQLite file; prints reports/s
 # (goal >= 5,000/s on 2 cores) and the dashboard summary query time at 10,000 nodes (goal <= 50 ms).
 #
 # usage: scripts/bench-center.sh [--nodes N] [--history-cycles H] [--clients C]
-#   BENCH_PROFILE=debug  use the debug build (default: release, as shipped)
+#   BENCH_PROFILE=debug  use the debug build (default: the `center` profile, as shipped:
+#                        release settings with panic=unwind)
 # Not a test: no timing is asserted; the numbers are printed for the issue / README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-profile=${BENCH_PROFILE:-release}
-if [ "$profile" = release ]; then
-    cargo build -q --release -p edgepatch-builder --bin edgepatch-builder --example bench_center
-    dir=target/release
+profile=${BENCH_PROFILE:-center}
+if [ "$profile" = center ]; then
+    cargo build -q --profile center -p edgepatch-builder --bin edgepatch-builder --example bench_center
+    dir=target/center
 else
     cargo build -q -p edgepatch-builder --bin edgepatch-builder --example bench_center
     dir=target/debug
@@ -25,6 +26,15 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+
+# The nodes are enrolled from an inventory (ids and keys), as a site roll-out would do.
+nodes=10000
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    [ "${args[$i]}" = --nodes ] && nodes=${args[$((i + 1))]}
+done
+"$dir/examples/bench_center" --inventory "$work/inventory" --nodes "$nodes"
+"$dir/edgepatch-builder" fleet --db "$work/center.db" preauthorize "$work/inventory"
 
 "$dir/edgepatch-builder" serve --listen 127.0.0.1:0 --db "$work/center.db" 2>"$work/serve.log" &
 server=$!

@@ -6,6 +6,7 @@
 //! Run: `cargo test --test center` (builds edgepatch-builder first if needed).
 //! `EDGEPATCH_UPDATE_DOCS=1` also copies the dashboard screenshot to docs/dashboard.png.
 
+use ed25519_compact::KeyPair;
 use edgepatch::transport::report::{self, Report};
 use edgepatch_e2e::{build_bundle, builder_bin, deb_root, keygen, Deb, Node, Scratch};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -55,7 +56,12 @@ struct Server {
 
 impl Server {
     fn start(db: &Path, extra: &[&str]) -> Server {
+        Server::start_env(db, extra, &[])
+    }
+
+    fn start_env(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(ensure_builder())
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(db)
             .args(extra)
@@ -165,6 +171,44 @@ fn post(srv: &Server, body: &str) -> Resp {
     )
 }
 
+/// POST a signed envelope (what the agent sends) holding `reports`.
+fn post_env(srv: &Server, kp: &KeyPair, reports: &[String]) -> Resp {
+    let (body, sig) = report::envelope(kp, reports, None);
+    post_signed(srv, &body, &sig)
+}
+
+fn post_signed(srv: &Server, body: &str, sig: &str) -> Resp {
+    let h = format!("{}: {}", report::SIGNATURE_HEADER, sig.trim());
+    http(
+        srv.addr,
+        "POST",
+        "/api/v1/reports",
+        &["Content-Type: application/json", &h],
+        body.as_bytes(),
+    )
+}
+
+/// A deterministic node key.
+fn keypair(seed: u64) -> KeyPair {
+    let mut s = [7u8; 32];
+    s[..8].copy_from_slice(&seed.to_le_bytes());
+    KeyPair::from_seed(ed25519_compact::Seed::new(s))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn fleet_cmd(db: &Path, args: &[&str]) -> edgepatch_e2e::Run {
+    let mut a = vec!["fleet", "--db", db.to_str().unwrap()];
+    a.extend_from_slice(args);
+    edgepatch_e2e::builder(&a)
+}
+
+fn accept_all(db: &Path) {
+    fleet_cmd(db, &["accept", "--all-pending"]).expect(0);
+}
+
 /// A number after `"key":` in JSON text.
 fn json_num(text: &str, key: &str) -> Option<u64> {
     let pat = format!("\"{key}\":");
@@ -270,6 +314,8 @@ fn reports_spooled_offline_drain_once_when_the_center_is_up() {
     ])
     .expect(0);
     let url = srv.url("/api/v1/reports");
+    // The probe `doctor` uses: the report URL answers GET.
+    assert!(report::probe(&url, Duration::from_secs(5)).is_ok());
     for n in nodes {
         let st = s.join(n);
         let stats = report::flush(&st, &url, Duration::from_secs(10)).unwrap();
@@ -279,6 +325,10 @@ fn reports_spooled_offline_drain_once_when_the_center_is_up() {
         let stats = report::flush(&st, &url, Duration::from_secs(10)).unwrap();
         assert_eq!(stats.delivered, 0);
     }
+    // New node keys wait; nothing counts until the operator accepts them.
+    let c = get(&srv, "/api/v1/cycles/2025-w10");
+    assert_eq!(c.status, 404, "{}", c.body);
+    accept_all(&db);
     // Nothing lost, nothing doubled (the USB copy of node 1's reports counted once).
     let m = get(&srv, "/metrics");
     assert_eq!(m.status, 200);
@@ -307,19 +357,26 @@ fn reports_spooled_offline_drain_once_when_the_center_is_up() {
     // Filters work on the API too.
     let n = get(&srv, "/api/v1/nodes?variant=rhel-9-x86_64");
     assert_eq!(json_num(&n.body, "total"), Some(1), "{}", n.body);
+    // No API hands out node keys.
+    assert!(!n.body.contains("pubkey"), "{}", n.body);
     // A replayed POST is accepted as a no-op.
-    let body = format!(
-        "{{\"reports\":[{}]}}",
-        rep("store-9", Some("2025-w10"), "apply", 0, t).to_json(&"ab".repeat(32), 0)
+    let kp = keypair(9);
+    let r9 = rep("store-9", Some("2025-w10"), "apply", 0, t).to_json(&hex(kp.pk.as_ref()), 0);
+    let first = post_env(&srv, &kp, std::slice::from_ref(&r9));
+    assert!(first.body.contains("\"accepted\":1"), "{}", first.body);
+    assert!(
+        first.body.contains("\"node\":\"unaccepted\""),
+        "{}",
+        first.body
     );
-    assert!(post(&srv, &body).body.contains("\"accepted\":1"));
-    let again = post(&srv, &body);
+    let again = post_env(&srv, &kp, &[r9]);
     assert_eq!(again.status, 200);
     assert!(
-        again.body.contains("\"accepted\":0,\"duplicates\":1"),
+        again.body.contains("\"accepted\":0") && again.body.contains("\"duplicates\":1"),
         "{}",
         again.body
     );
+    fleet_cmd(&db, &["accept", "store-9"]).expect(0);
     // The terminal summary agrees.
     let out = edgepatch_e2e::builder(&["fleet", "--db", db.to_str().unwrap()]).expect(0);
     assert!(out.stdout.contains("fleet: 4 nodes"), "{}", out.stdout);
@@ -387,7 +444,8 @@ fn usb_export_tampered_by_one_byte_is_rejected() {
         r.stdout
     );
 
-    // Same node id, another key (a cloned SD card, an impostor): refused.
+    // Same node id, another key (a cloned SD card, an impostor, or the node reimaged): stored,
+    // waiting, never counted, never a dead end.
     let other = s.join("other");
     report::spool(
         &other,
@@ -397,19 +455,42 @@ fn usb_export_tampered_by_one_byte_is_rejected() {
     let usb2 = s.join("usb2");
     std::fs::create_dir_all(&usb2).unwrap();
     report::export_status(&other, &usb2).unwrap();
-    let r = edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb2.to_str().unwrap()]).expect(3);
-    assert!(r.stderr.contains("is pinned to key"), "{}", r.stderr);
-    // ... also over HTTP.
+    let r = edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb2.to_str().unwrap()]).expect(0);
+    assert!(r.stdout.contains("is not accepted"), "{}", r.stdout);
+    // ... also over HTTP: delivered (the center has it), not rejected.
     let srv = Server::start(&db, &[]);
     let e = report::flush(&other, &srv.url("/api/v1/reports"), Duration::from_secs(5)).unwrap();
-    assert_eq!((e.delivered, e.rejected), (0, 1));
-    // After an operator unpins it (node reinstalled), the new key is accepted.
-    edgepatch_e2e::builder(&["fleet", "--db", db_arg, "--unpin", "store-7-till-2"]).expect(0);
-    edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb2.to_str().unwrap()]).expect(0);
-    // The node page shows the exported status.json.
+    assert_eq!((e.delivered, e.rejected), (1, 0));
+    // Two keys wait for one id: accept refuses to guess.
+    let r = fleet_cmd(&db, &["accept", "store-7-till-2"]).expect(1);
+    assert!(r.stderr.contains("2 different keys wait"), "{}", r.stderr);
+    // The inventory says which key is the node's.
+    let pubkey = std::fs::read_to_string(st.join(report::NODE_PUB_FILE)).unwrap();
+    let inv = s.join("inventory.txt");
+    std::fs::write(&inv, format!("# site 7\nstore-7-till-2 {pubkey}")).unwrap();
+    let r = fleet_cmd(&db, &["preauthorize", inv.to_str().unwrap()]).expect(0);
+    assert!(r.stdout.contains("1 waiting now accepted"), "{}", r.stdout);
+    let f = fleet_cmd(&db, &["list", "--cycle", "2025-w11", "--json"]).expect(0);
+    assert!(f.stdout.contains("\"state\": \"failed\""), "{}", f.stdout);
+    // Ingesting the genuine export again stores its status.json for the node page.
+    edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb.to_str().unwrap()]).expect(0);
     let page = get(&srv, "/nodes/store-7-till-2");
     assert_eq!(page.status, 200);
     assert!(page.body.contains("status.json"), "{}", page.body);
+    // The node is reimaged: its new key (the other one) is accepted; the old one retires.
+    fleet_cmd(&db, &["accept", "store-7-till-2"]).expect(0);
+    let f = fleet_cmd(
+        &db,
+        &["list", "--cycle", "2025-w11", "--state", "done", "--json"],
+    )
+    .expect(0);
+    assert!(f.stdout.contains("store-7-till-2"), "{}", f.stdout);
+    let f = fleet_cmd(&db, &["node", "store-7-till-2"]).expect(0);
+    assert!(
+        f.stdout.contains("retired") && f.stdout.contains("accepted"),
+        "{}",
+        f.stdout
+    );
 }
 
 #[test]
@@ -422,36 +503,45 @@ fn bad_input_gets_a_clear_4xx_and_slow_clients_do_not_stall_others() {
         .unwrap();
 
     let started = Instant::now();
-    let r = post(&srv, "this is not json");
+    let kp = keypair(1);
+    let pk = hex(kp.pk.as_ref());
+    let good = rep("n1", Some("c1"), "apply", 0, now()).to_json(&pk, 0);
+    // Unsigned (an old agent, or anyone): 401, naming what to do.
+    let r = post(&srv, &format!("{{\"reports\":[{good}]}}"));
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("upgrade the agent"), "{}", r.body);
+    // Signed garbage, a bad field, SQL in a field: 400 with the field named.
+    let (body, _) = report::envelope(&kp, &[], None);
+    let sig = |b: &str| {
+        let sg = kp.sk.sign(b.as_bytes(), None);
+        format!("{} {}", report::SIGNATURE_TAG, hex(sg.as_ref()))
+    };
+    let r = post_signed(&srv, "this is not json", &sig("this is not json"));
     assert_eq!(r.status, 400);
     assert!(
-        r.body.contains("is not {\\\"reports\\\":[...]} JSON"),
+        r.body.contains("not a signed report envelope"),
         "{}",
         r.body
     );
-    let r = post(&srv, "{\"reports\":[{\"id\":\"x\"}]}");
-    assert_eq!(r.status, 400);
-    assert!(
-        r.body.contains("reports[0]") && r.body.contains("missing field"),
-        "{}",
-        r.body
-    );
-    let mut good = rep("n1", Some("c1"), "apply", 0, now()).to_json(&"ab".repeat(32), 0);
-    let bad_key = good.replace(&"ab".repeat(32), "not-hex");
-    let r = post(&srv, &format!("{{\"reports\":[{good},{bad_key}]}}"));
+    let bad_key = good.replace(&pk, "not-hex");
+    let r = post_env(&srv, &kp, &[good.clone(), bad_key]);
     assert_eq!(r.status, 400);
     assert!(
         r.body.contains("reports[1]") && r.body.contains("node_pubkey"),
         "{}",
         r.body
     );
-    let r = post(
+    let r = post_env(
         &srv,
-        &good.replace("\"apply\"", "\"'; DROP TABLE reports; --\""),
+        &kp,
+        &[good.replace("\"apply\"", "\"'; DROP TABLE reports; --\"")],
     );
     assert_eq!(r.status, 400);
+    // Signature over other bytes: 401.
+    let r = post_signed(&srv, &body.replace("[]", "[ ]"), &sig(&body));
+    assert_eq!(r.status, 401, "{}", r.body);
     let huge = format!("{{\"reports\":[{}]}}", "x".repeat(5 << 20));
-    let r = post(&srv, &huge);
+    let r = post_signed(&srv, &huge, &sig("x"));
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(get(&srv, "/api/v1/cycles/nope").status, 404);
     let r = get(&srv, "/?label=novalue");
@@ -459,8 +549,7 @@ fn bad_input_gets_a_clear_4xx_and_slow_clients_do_not_stall_others() {
     assert!(r.body.contains("key=value"));
     assert_eq!(get(&srv, "/?state=bogus").status, 400);
     // Nothing bad got in; a good report still does, while the slow client still hangs.
-    good = format!("{{\"reports\":[{good}]}}");
-    let r = post(&srv, &good);
+    let r = post_env(&srv, &kp, &[good]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(started.elapsed() < Duration::from_secs(10));
     let m = get(&srv, "/metrics");
@@ -471,7 +560,7 @@ fn bad_input_gets_a_clear_4xx_and_slow_clients_do_not_stall_others() {
     );
     assert!(
         m.body
-            .contains("edgepatch_center_requests_refused_total 4\n"),
+            .contains("edgepatch_center_requests_refused_total 5\n"),
         "{}",
         m.body
     );
@@ -505,7 +594,6 @@ fn mirror_is_served_with_ranges() {
 fn seed_fleet(srv: &Server, s: &Scratch, db: &Path) -> Vec<(&'static str, u64)> {
     let t = now();
     let h = 3600;
-    let mut batch = Vec::new();
     let outcome = |i: usize| match i {
         0..=14 => 0,
         15..=18 => 5,
@@ -521,7 +609,9 @@ fn seed_fleet(srv: &Server, s: &Scratch, db: &Path) -> Vec<(&'static str, u64)> 
             1 => format!("store-{:03}-rhel-till-1", i),
             _ => format!("store-{:03}-till-2", i),
         };
-        let key = format!("{:064x}", i + 1);
+        let kp = keypair(100 + i as u64);
+        let key = hex(kp.pk.as_ref());
+        let mut batch = Vec::new();
         let push = |b: &mut Vec<String>, r: Report| b.push(r.to_json(&key, 0));
         push(
             &mut batch,
@@ -555,9 +645,9 @@ fn seed_fleet(srv: &Server, s: &Scratch, db: &Path) -> Vec<(&'static str, u64)> 
         } else {
             push(&mut batch, rep(&name, None, "apply", 5, t - h));
         }
+        let r = post_env(srv, &kp, &batch);
+        assert_eq!(r.status, 200, "{}", r.body);
     }
-    let r = post(srv, &format!("{{\"reports\":[{}]}}", batch.join(",")));
-    assert_eq!(r.status, 200, "{}", r.body);
     // Three nodes last heard of four days ago, via USB exports written back then.
     for i in 0..3 {
         let st = s.join(format!("silent-{i}"));
@@ -603,6 +693,7 @@ fn seed_fleet(srv: &Server, s: &Scratch, db: &Path) -> Vec<(&'static str, u64)> 
         s.join("usb").to_str().unwrap(),
     ])
     .expect(0);
+    accept_all(db);
     vec![
         ("done", 15),
         ("deferred", 4),
@@ -733,6 +824,42 @@ fn dashboard_in_headless_chromium() {
         "node history links"
     );
 
+    // The lists behind the counts are the lists the command line prints.
+    for state in ["failed", "pending", "silent", "deferred"] {
+        let page = srv.url(&format!("/?cycle=2025-w12&state={state}"));
+        let out = chromium(&["--dump-dom", &page], &s.join(format!("profile-{state}")));
+        let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+        let table = &dom[dom.find("id=\"nodes\"").expect("node table")..];
+        let mut in_page: Vec<String> = table
+            .split("href=\"/nodes/")
+            .skip(1)
+            .map(|x| x.split('"').next().unwrap().to_string())
+            .collect();
+        let cli = fleet_cmd(
+            &db,
+            &["list", "--cycle", "2025-w12", "--state", state, "--json"],
+        )
+        .expect(0);
+        let v: serde_json::Value = serde_json::from_str(&cli.stdout).unwrap();
+        let mut in_cli: Vec<String> = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["node_id"].as_str().unwrap().to_string())
+            .collect();
+        in_page.sort();
+        in_cli.sort();
+        assert_eq!(in_page, in_cli, "{state}");
+        assert_eq!(
+            in_cli.len() as u64,
+            expected.iter().find(|e| e.0 == state).unwrap().1
+        );
+        assert!(
+            dom.contains(&format!("--state {state} --json")),
+            "CLI hint for {state}"
+        );
+    }
+
     let png = s.join("dashboard.png");
     let out = chromium(
         &[&format!("--screenshot={}", png.display()), &url],
@@ -813,6 +940,7 @@ fn agent_apply_outcomes_reach_the_center() {
         0
     );
 
+    accept_all(&db);
     let nodes = http(server.addr, "GET", "/api/v1/nodes", &[], b"");
     assert_eq!(nodes.status, 200);
     assert!(
@@ -838,6 +966,7 @@ fn failure_threshold_issues_a_signed_halt_order() {
         report::spool(&sd, &rep(&node, Some("2025-w20"), "apply", code, t)).unwrap();
         report::flush(&sd, &url, Duration::from_secs(10)).unwrap();
     }
+    accept_all(&db);
     let (key, public) = keygen(&s.join("keys"));
     let orders = s.join("orders");
     let fleet = |percent: &str| {
@@ -874,4 +1003,405 @@ fn failure_threshold_issues_a_signed_halt_order() {
         (rec.get("kind"), rec.get("cycle")),
         (Some("halt"), Some("2025-w20"))
     );
+}
+
+/// `order --kind resume` lifts a halt: written into the orders dir it keeps the rule from
+/// halting the same cycle again.
+#[test]
+fn resume_order_stops_the_automatic_halt() {
+    let s = Scratch::new("center-resume");
+    let db = s.join("center.db");
+    let srv = Server::start(&db, &[]);
+    let t = now();
+    for i in 0..6 {
+        let kp = keypair(500 + i);
+        let pk = hex(kp.pk.as_ref());
+        let code = if i < 3 { 7 } else { 0 };
+        let r = rep(&format!("k-{i}"), Some("c9"), "apply", code, t).to_json(&pk, 0);
+        assert_eq!(post_env(&srv, &kp, &[r]).status, 200);
+    }
+    accept_all(&db);
+    let (key, _) = keygen(&s.join("keys"));
+    let orders = s.join("orders");
+    let halt = |expect_halt: bool| {
+        let out = fleet_cmd(
+            &db,
+            &[
+                "--halt-over",
+                "30",
+                "--halt-min-finished",
+                "3",
+                "--halt-key",
+                key.to_str().unwrap(),
+                "--orders-dir",
+                orders.to_str().unwrap(),
+            ],
+        )
+        .expect(0);
+        assert_eq!(
+            out.stdout.contains("HALT debian-12-amd64 c9"),
+            expect_halt,
+            "{}",
+            out.stdout
+        );
+    };
+    halt(true);
+    std::fs::remove_file(orders.join("halt-debian-12-amd64-c9.order")).unwrap();
+    edgepatch_e2e::builder(&[
+        "order",
+        "--key",
+        key.to_str().unwrap(),
+        "--kind",
+        "resume",
+        "--variant",
+        "debian-12-amd64",
+        "--cycle",
+        "c9",
+        "--out",
+        orders
+            .join("resume-debian-12-amd64-c9.order")
+            .to_str()
+            .unwrap(),
+    ])
+    .expect(0);
+    halt(false);
+}
+
+/// The attacks from issue 17, each against a real center on loopback.
+#[test]
+fn forged_reports_never_count_squatting_is_no_dead_end_and_no_halt_is_forged() {
+    let s = Scratch::new("center-forge");
+    let db = s.join("center.db");
+    let srv = Server::start(&db, &[]);
+    let url = srv.url("/api/v1/reports");
+    let t = now();
+    // A real node, accepted, quarantines c2 (exit 2).
+    let real = s.join("real");
+    report::spool(&real, &rep("till-1", Some("c1"), "apply", 0, t)).unwrap();
+    report::flush(&real, &url, Duration::from_secs(5)).unwrap();
+    accept_all(&db);
+    // The attacker knows the id but not the key: "done, c2 installed" with time 2^63-1 is
+    // refused outright (the clock bound), and with a plausible time it waits, uncounted.
+    let evil = keypair(666);
+    let epk = hex(evil.pk.as_ref());
+    let forged = rep("till-1", Some("c2"), "apply", 0, t).to_json(&epk, 0);
+    let far = forged.replace(&format!("\"time\":{t}"), "\"time\":9223372036854775807");
+    let r = post_env(&srv, &evil, &[far]);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("more than a day ahead"), "{}", r.body);
+    let r = post_env(&srv, &evil, &[forged]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"counted\":0"), "{}", r.body);
+    // The dashboard still renders (nothing in the store can break the arithmetic).
+    assert_eq!(get(&srv, "/").status, 200);
+    report::spool(&real, &rep("till-1", Some("c2"), "apply", 2, t)).unwrap();
+    let st = report::flush(&real, &url, Duration::from_secs(5)).unwrap();
+    assert_eq!((st.delivered, st.rejected), (1, 0));
+    let f = fleet_cmd(
+        &db,
+        &["list", "--cycle", "c2", "--state", "quarantined", "--json"],
+    )
+    .expect(0);
+    assert!(
+        f.stdout.contains("till-1"),
+        "the real report counts: {}",
+        f.stdout
+    );
+    let f = fleet_cmd(&db, &["list", "--cycle", "c2", "--state", "done", "--json"]).expect(0);
+    assert!(
+        f.stdout.contains("\"total\": 0"),
+        "the forged one does not: {}",
+        f.stdout
+    );
+    // Squatting a new id first: both wait; the real node is never refused (no 409).
+    let squat = rep("till-new", Some("c2"), "apply", 6, t).to_json(&epk, 0);
+    assert_eq!(post_env(&srv, &evil, &[squat]).status, 200);
+    let newnode = s.join("new");
+    report::spool(&newnode, &rep("till-new", Some("c2"), "apply", 0, t)).unwrap();
+    let st = report::flush(&newnode, &url, Duration::from_secs(5)).unwrap();
+    assert_eq!((st.delivered, st.rejected), (1, 0));
+    let r = fleet_cmd(&db, &["accept", "--all-pending"]).expect(0);
+    assert!(
+        r.stderr.contains("till-new: 2 different keys"),
+        "{}",
+        r.stderr
+    );
+    let list = fleet_cmd(&db, &["list", "--state", "unaccepted"]).expect(0);
+    assert!(list.stdout.contains("3 key(s) wait"), "{}", list.stdout);
+    let page = get(&srv, "/?state=unaccepted");
+    assert_eq!(
+        page.body.matches("<td class=l>till-new</td>").count(),
+        2,
+        "{}",
+        page.body
+    );
+    let api = get(&srv, "/api/v1/nodes?state=unaccepted");
+    assert_eq!(json_num(&api.body, "total"), Some(3), "{}", api.body);
+    assert!(!api.body.contains(&epk), "no API returns keys");
+    // 20 forged failures under 20 made-up ids: no halt.
+    for i in 0..20 {
+        let kp = keypair(700 + i);
+        let r =
+            rep(&format!("ghost-{i}"), Some("c2"), "apply", 6, t).to_json(&hex(kp.pk.as_ref()), 0);
+        assert_eq!(post_env(&srv, &kp, &[r]).status, 200);
+    }
+    let (key, _) = keygen(&s.join("keys"));
+    let orders = s.join("orders");
+    let out = fleet_cmd(
+        &db,
+        &[
+            "--halt-over",
+            "30",
+            "--halt-min-finished",
+            "1",
+            "--halt-key",
+            key.to_str().unwrap(),
+            "--orders-dir",
+            orders.to_str().unwrap(),
+        ],
+    )
+    .expect(0);
+    assert!(!out.stdout.contains("HALT"), "{}", out.stdout);
+    assert!(out.stdout.contains("22 unaccepted"), "{}", out.stdout);
+}
+
+/// A bug hit by one request (a panic) answers 500 and ends nothing: the center keeps serving.
+#[test]
+fn a_panic_in_one_request_does_not_end_the_center() {
+    let s = Scratch::new("center-panic");
+    let srv = Server::start_env(
+        &s.join("c.db"),
+        &[],
+        &[("EDGEPATCH_CENTER_TEST_PANIC", "1")],
+    );
+    for _ in 0..3 {
+        let r = get(&srv, "/test/panic");
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert!(r.body.contains("the center runs on"), "{}", r.body);
+    }
+    assert_eq!(get(&srv, "/").status, 200);
+}
+
+/// 1,100 connections that send one request line and then nothing: the center closes them after
+/// the header timeout, caps them per client, and keeps serving.
+#[test]
+fn idle_connections_do_not_starve_the_center() {
+    let s = Scratch::new("center-loris");
+    let srv = Server::start(
+        &s.join("c.db"),
+        &[
+            "--header-timeout",
+            "2",
+            "--max-per-client",
+            "64",
+            "--max-connections",
+            "256",
+        ],
+    );
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        match TcpStream::connect(srv.addr) {
+            Ok(mut c) => {
+                let _ = c.write_all(b"GET / HTTP/1.1\r\n");
+                idle.push(c);
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(idle.len() >= 1000, "only {} connections", idle.len());
+    // Within a few header timeouts a normal request is served again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let served = loop {
+        let r = http(srv.addr, "GET", "/api/v1/reports", &[], b"");
+        if r.status == 200 {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(served, "center did not recover from idle connections");
+    // The idle ones were closed by the center.
+    let mut buf = [0u8; 256];
+    idle[0]
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let n = idle[0].read(&mut buf).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    drop(idle);
+    let r = http(srv.addr, "GET", "/", &[], b"");
+    assert_eq!(r.status, 200);
+}
+
+/// Three cycles with rollbacks and halts: counts right at every step. A node's state in a cycle
+/// comes from its reports about that cycle; later reports never erase an outcome.
+#[test]
+fn three_cycles_with_rollbacks_count_right_at_every_step() {
+    let s = Scratch::new("center-cycles");
+    let db = s.join("center.db");
+    let srv = Server::start(&db, &[]);
+    let url = srv.url("/api/v1/reports");
+    let t = now();
+    let send = |i: usize, cycle: &str, seq: u64, code: i32, installed: Option<(&str, u64)>| {
+        let sd = s.join(format!("n{i}"));
+        let mut r = rep(&format!("till-{i:02}"), Some(cycle), "apply", code, t);
+        r.sequence = Some(seq);
+        r.installed_cycle = installed.map(|(c, _)| c.to_string());
+        r.installed_sequence = installed.map(|(_, q)| q);
+        report::spool(&sd, &r).unwrap();
+        let st = report::flush(&sd, &url, Duration::from_secs(5)).unwrap();
+        assert_eq!(st.rejected, 0);
+    };
+    let counts = |cycle: &str| -> serde_json::Value {
+        let out = fleet_cmd(&db, &["--json"]).expect(0);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v["cycles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cycle"] == cycle)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {cycle} in {}", out.stdout))
+    };
+    let n = |v: &serde_json::Value, st: &str| v["counts"][st].as_u64().unwrap_or(0);
+    // c1: ten nodes done.
+    for i in 0..10 {
+        send(i, "c1", 1, 0, Some(("c1", 1)));
+    }
+    accept_all(&db);
+    assert_eq!(n(&counts("c1"), "done"), 10);
+    // c2: six roll back after a failed health check, then report "not newer" twice.
+    for i in 0..10 {
+        let code = if i < 6 { 7 } else { 0 };
+        let inst = if i < 6 { ("c1", 1) } else { ("c2", 2) };
+        send(i, "c2", 2, code, Some(inst));
+    }
+    for i in 0..6 {
+        send(i, "c2", 2, 4, Some(("c1", 1)));
+        send(i, "c2", 2, 4, Some(("c1", 1)));
+    }
+    let c2 = counts("c2");
+    assert_eq!((n(&c2, "rolled-back"), n(&c2, "done")), (6, 4), "{c2}");
+    let (key, _) = keygen(&s.join("keys"));
+    let orders = s.join("orders");
+    let halt = fleet_cmd(
+        &db,
+        &[
+            "--halt-over",
+            "30",
+            "--halt-min-finished",
+            "5",
+            "--halt-key",
+            key.to_str().unwrap(),
+            "--orders-dir",
+            orders.to_str().unwrap(),
+        ],
+    )
+    .expect(0);
+    assert!(
+        halt.stdout.contains("HALT debian-12-amd64 c2: 6 of 10"),
+        "{}",
+        halt.stdout
+    );
+    // c3: everyone moves on; one node fails once, then succeeds on its own (self-healed).
+    send(0, "c3", 3, 6, Some(("c1", 1)));
+    for i in 0..10 {
+        send(i, "c3", 3, 0, Some(("c3", 3)));
+    }
+    // A new node that starts at c3 and a node of another variant.
+    send(10, "c3", 3, 0, Some(("c3", 3)));
+    let other = s.join("rhel");
+    report::spool(&other, &rep("rhel-till-1", Some("r1"), "apply", 0, t)).unwrap();
+    report::flush(&other, &url, Duration::from_secs(5)).unwrap();
+    accept_all(&db);
+    let (c1, c2, c3) = (counts("c1"), counts("c2"), counts("c3"));
+    assert_eq!(
+        (n(&c1, "done"), n(&c1, "superseded"), c1["nodes"].as_u64()),
+        (10, 1, Some(11)),
+        "{c1}"
+    );
+    assert_eq!(
+        (n(&c2, "rolled-back"), n(&c2, "done"), n(&c2, "superseded")),
+        (6, 4, 1),
+        "{c2}"
+    );
+    assert_eq!(n(&c2, "pending"), 0, "{c2}");
+    assert_eq!(
+        (n(&c3, "done"), c3["nodes"].as_u64()),
+        (11, Some(11)),
+        "{c3}"
+    );
+    assert_eq!(
+        (c3["hit_failure"].as_u64(), c3["self_healed"].as_u64()),
+        (Some(1), Some(1)),
+        "{c3}"
+    );
+    // The list behind a count is the same on the command line and the API.
+    let l = fleet_cmd(
+        &db,
+        &["list", "--cycle", "c2", "--state", "rolled-back", "--json"],
+    )
+    .expect(0);
+    assert!(l.stdout.contains("\"total\": 6"), "{}", l.stdout);
+    let api = get(&srv, "/api/v1/nodes?cycle=c2&state=rolled-back");
+    assert_eq!(json_num(&api.body, "total"), Some(6), "{}", api.body);
+    let node = fleet_cmd(&db, &["node", "till-00", "--json"]).expect(0);
+    assert!(node.stdout.contains("\"report_seq\": 5"), "{}", node.stdout);
+}
+
+/// A USB-only site: the export carries import (one tampered bundle found on the stick), apply
+/// and rollback reports; the node was preauthorized from the inventory.
+#[test]
+fn usb_only_site_with_import_apply_and_rollback_reports() {
+    let s = Scratch::new("center-usbsite");
+    let db = s.join("center.db");
+    let st = s.join("node");
+    let t = now();
+    let node = "branch-4-gw";
+    let mut reps = vec![
+        rep(node, Some("u1"), "import", 2, t - 500),
+        rep(node, Some("u1"), "import", 0, t - 400),
+        rep(node, Some("u1"), "apply", 0, t - 300),
+        rep(node, Some("u1"), "rollback", 0, t - 200),
+        rep(node, None, "recover", 0, t - 100),
+    ];
+    reps[0].reason = "bundle u1.epb: sha256 mismatch; quarantined".into();
+    reps[4].installed_cycle = None;
+    for r in &reps {
+        report::spool(&st, r).unwrap();
+    }
+    let usb = s.join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    report::export_status(&st, &usb).unwrap();
+    let pubkey = std::fs::read_to_string(st.join(report::NODE_PUB_FILE)).unwrap();
+    let inv = s.join("inventory");
+    std::fs::write(&inv, format!("{node} {pubkey}")).unwrap();
+    // Preauthorizing needs a database: ingest creates it (an empty dir of exports is an error,
+    // so preauthorize after a first ingest, or run serve once).
+    let srv = Server::start(&db, &[]);
+    fleet_cmd(&db, &["preauthorize", inv.to_str().unwrap()]).expect(0);
+    let r = edgepatch_e2e::builder(&[
+        "ingest",
+        "--db",
+        db.to_str().unwrap(),
+        usb.to_str().unwrap(),
+    ])
+    .expect(0);
+    assert!(r.stdout.contains("5 report(s): 5 new"), "{}", r.stdout);
+    assert!(!r.stdout.contains("not accepted"), "{}", r.stdout);
+    let l = fleet_cmd(&db, &["list", "--cycle", "u1", "--json"]).expect(0);
+    assert!(
+        l.stdout.contains("\"state\": \"rolled-back\""),
+        "{}",
+        l.stdout
+    );
+    let h = fleet_cmd(&db, &["node", node]).expect(0);
+    for cmd in ["import", "apply", "rollback", "recover"] {
+        assert!(h.stdout.contains(cmd), "{cmd}: {}", h.stdout);
+    }
+    assert!(get(&srv, &format!("/nodes/{node}"))
+        .body
+        .contains("sha256 mismatch"));
 }

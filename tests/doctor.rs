@@ -55,13 +55,15 @@ fn good_node_passes_every_check() {
     let out = &run.stdout;
     assert_plain(out);
     for name in [
-        "config", "keys", "clock", "space", "pkgmgr", "snapshot", "tz", "mirror",
+        "config", "keys", "clock", "space", "pkgmgr", "snapshot", "tz", "mirror", "report",
     ] {
         assert!(line(out, name).starts_with("ok   "), "{name}:\n{out}");
     }
+    // A node that has never verified a bundle has no trusted time yet and no floor: a warning.
+    assert!(line(out, "floor").starts_with("warn "), "{out}");
     assert_eq!(
         out.lines().filter(|l| !l.starts_with(' ')).count(),
-        8,
+        10,
         "one line per check:\n{out}"
     );
     assert!(line(out, "mirror").contains("HTTP 200"), "{out}");

@@ -1,18 +1,33 @@
 //! Load generator for `scripts/bench-center.sh` (not a test): simulated agents POST reports to a
 //! running `edgepatch-builder serve`, then the dashboard is fetched and its summary query timed.
 //!
+//! Every report travels as the agents send it: one envelope per node, signed by that node's key
+//! (issue 17), so the timed run checks 10,000 signatures.
+//!
 //! usage: bench_center URL [--nodes N] [--history-cycles H] [--clients C]
+//!        bench_center --inventory FILE [--nodes N]   (write the nodes' ids and keys, for
+//!                                                    'fleet preauthorize')
 //!   URL               e.g. http://127.0.0.1:8080 (loopback only)
 //!   --nodes N         fleet size; the timed run sends one report per node (default 10000)
 //!   --history-cycles  older cycles loaded first so the database holds history (default 12)
-//!   --clients C       concurrent agents' connections (default 2)
+//!   --clients C       concurrent agents' connections (default 4)
 
-use edgepatch::transport::report::Report;
+use ed25519_compact::{KeyPair, Seed};
+use edgepatch::bundle::report::Report;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const BATCH: usize = 100;
+/// The key of simulated node `n`.
+fn node_key(n: usize) -> KeyPair {
+    let mut seed = [42u8; 32];
+    seed[..8].copy_from_slice(&(n as u64).to_le_bytes());
+    KeyPair::from_seed(Seed::new(seed))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
 
 /// One keep-alive HTTP/1.1 connection.
 struct Conn {
@@ -34,10 +49,25 @@ impl Conn {
     }
 
     /// Returns (status, headers, body).
-    fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        sig: &str,
+    ) -> (u16, String, Vec<u8>) {
+        let sig = if sig.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{}: {}\r\n",
+                edgepatch::bundle::report::SIGNATURE_HEADER,
+                sig.trim()
+            )
+        };
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n",
+             {sig}Content-Length: {}\r\n\r\n",
             self.addr,
             body.len()
         );
@@ -90,7 +120,7 @@ impl Conn {
     }
 }
 
-fn report(node: usize, cycle: &str, k: usize, t: u64) -> String {
+fn report(node: usize, pk: &str, cycle: &str, k: usize, t: u64) -> String {
     // A plausible mix: most done, some deferred, a few failures.
     let code = match (node * 7 + k) % 100 {
         0..=84 => 0,
@@ -131,26 +161,35 @@ fn report(node: usize, cycle: &str, k: usize, t: u64) -> String {
         time: t,
         trusted_time: t,
     };
-    r.to_json(&format!("{:064x}", node + 1), 0)
+    r.to_json_seq(pk, k as u64 + 1, 0)
 }
 
-/// POST one report per node for `cycle` with `clients` connections; returns elapsed time.
-fn send_cycle(addr: SocketAddr, nodes: usize, cycle: &str, k: usize, clients: usize) -> Duration {
+/// POST one signed report per node for `cycle` with `clients` connections; returns elapsed time.
+fn send_cycle(
+    addr: SocketAddr,
+    keys: &[KeyPair],
+    cycle: &str,
+    k: usize,
+    clients: usize,
+) -> Duration {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let base = now - (1000 - k as u64) * 3600;
-    // Build the bodies first: time only the delivery and storage.
-    let bodies: Vec<Vec<u8>> = (0..nodes)
-        .collect::<Vec<_>>()
-        .chunks(BATCH)
-        .map(|c| {
-            let items: Vec<String> = c
-                .iter()
-                .map(|&n| report(n, cycle, k, base + (n as u64 * 13) % 3600))
-                .collect();
-            format!("{{\"reports\":[{}]}}", items.join(",")).into_bytes()
+    // Build and sign the bodies first: time only the delivery, checking and storage.
+    let bodies: Vec<(String, String)> = keys
+        .iter()
+        .enumerate()
+        .map(|(n, kp)| {
+            let r = report(
+                n,
+                &hex(kp.pk.as_ref()),
+                cycle,
+                k,
+                base + (n as u64 * 13) % 3600,
+            );
+            edgepatch::bundle::report::envelope(kp, &[r], None)
         })
         .collect();
     let start = Instant::now();
@@ -158,8 +197,8 @@ fn send_cycle(addr: SocketAddr, nodes: usize, cycle: &str, k: usize, clients: us
         for part in bodies.chunks(bodies.len().div_ceil(clients.max(1))) {
             s.spawn(move || {
                 let mut c = Conn::new(addr);
-                for b in part {
-                    let (st, _, body) = c.request("POST", "/api/v1/reports", b);
+                for (b, sig) in part {
+                    let (st, _, body) = c.request("POST", "/api/v1/reports", b.as_bytes(), sig);
                     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
                 }
             });
@@ -176,7 +215,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut url = None;
-    let (mut nodes, mut history, mut clients) = (10_000usize, 12usize, 2usize);
+    let (mut nodes, mut history, mut clients) = (10_000usize, 12usize, 4usize);
+    let mut inventory: Option<String> = None;
     while let Some(a) = args.next() {
         let mut num = |name: &str| -> usize {
             args.next()
@@ -187,10 +227,19 @@ fn main() {
             "--nodes" => nodes = num("--nodes"),
             "--history-cycles" => history = num("--history-cycles"),
             "--clients" => clients = num("--clients"),
+            "--inventory" => inventory = args.next(),
             u if url.is_none() => url = Some(u.to_string()),
             other => panic!("unexpected argument {other}"),
         }
     }
+    if let Some(path) = inventory {
+        let text: String = (0..nodes)
+            .map(|n| format!("node-{n:05} {}\n", hex(node_key(n).pk.as_ref())))
+            .collect();
+        std::fs::write(&path, text).expect("write inventory");
+        return;
+    }
+    let keys: Vec<KeyPair> = (0..nodes).map(node_key).collect();
     let url = url.expect("usage: bench_center http://127.0.0.1:PORT [--nodes N] ...");
     let addr: SocketAddr = url
         .trim_start_matches("http://")
@@ -204,7 +253,7 @@ fn main() {
 
     for k in 0..history {
         let cycle = format!("2025-w{:02}", k + 1);
-        let d = send_cycle(addr, nodes, &cycle, k, clients);
+        let d = send_cycle(addr, &keys, &cycle, k, clients);
         eprintln!(
             "history {cycle}: {nodes} reports in {:.2} s ({:.0} reports/s)",
             d.as_secs_f64(),
@@ -212,12 +261,11 @@ fn main() {
         );
     }
     let cycle = format!("2025-w{:02}", history + 1);
-    let d = send_cycle(addr, nodes, &cycle, history, clients);
+    let d = send_cycle(addr, &keys, &cycle, history, clients);
     let rate = nodes as f64 / d.as_secs_f64();
     println!(
-        "ingest: {nodes} reports ({} POSTs of {BATCH}, {clients} clients) in {:.3} s = {rate:.0} reports/s \
-         (goal >= 5000: {})",
-        nodes.div_ceil(BATCH),
+        "ingest: {nodes} signed reports ({nodes} POSTs, one envelope per node, {clients} clients) \
+         in {:.3} s = {rate:.0} reports/s (goal >= 5000: {})",
         d.as_secs_f64(),
         if rate >= 5000.0 { "met" } else { "MISSED" }
     );
@@ -226,7 +274,7 @@ fn main() {
     let (mut summary, mut page, mut api) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..15 {
         let t = Instant::now();
-        let (st, headers, body) = c.request("GET", "/", b"");
+        let (st, headers, body) = c.request("GET", "/", b"", "");
         page.push(t.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
         let dur = headers
@@ -237,7 +285,7 @@ fn main() {
             .expect("Server-Timing header");
         summary.push(dur);
         let t = Instant::now();
-        let (st, _, _) = c.request("GET", &format!("/api/v1/cycles/{cycle}"), b"");
+        let (st, _, _) = c.request("GET", &format!("/api/v1/cycles/{cycle}"), b"", "");
         api.push(t.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(st, 200);
     }

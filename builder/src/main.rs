@@ -52,13 +52,13 @@ enum Command {
     },
     /// Run the center: report API, dashboard, metrics and (optionally) the mirror
     Serve(center::ServeArgs),
-    /// Load USB status exports (checks node signatures, pins node keys)
+    /// Load USB status exports (checks node signatures; new node keys wait for acceptance)
     Ingest(center::IngestArgs),
-    /// Print the fleet summary (per cycle: done, deferred, failed, ..., silent)
+    /// Fleet summary, node lists, one node's history; accept or preauthorize node keys
     Fleet(center::FleetArgs),
     /// Copy bundles into a static mirror tree and write its signed per-variant index
     Publish(publish::PublishArgs),
-    /// Write a signed rollback or halt order for one cycle
+    /// Write a signed rollback, halt or resume order for one cycle
     Order(order::OrderArgs),
     /// Root key and signed key list: init-root, add, revoke, sign, rotate-root, show, publish
     #[command(subcommand)]

@@ -1,4 +1,4 @@
-//! `order`: a signed rollback or halt order for one cycle of one variant. It travels like
+//! `order`: a signed rollback, halt or resume order for one cycle of one variant. It travels like
 //! everything else (mirror index, USB stick) and is checked by the agent against its trusted
 //! keys; an unsigned HTTP call can never roll a fleet back.
 
@@ -11,8 +11,9 @@ pub struct OrderArgs {
     #[arg(long)]
     pub key: PathBuf,
     /// rollback: nodes with the cycle installed roll back, all refuse it; halt: nodes that have
-    /// not started it wait
-    #[arg(long, value_parser = ["rollback", "halt"])]
+    /// not started it wait; resume: lifts a halt of the cycle (name it
+    /// resume-VARIANT-CYCLE.order in the center's --orders-dir so it does not halt again)
+    #[arg(long, value_parser = ["rollback", "halt", "resume"])]
     pub kind: String,
     #[arg(long)]
     pub variant: String,

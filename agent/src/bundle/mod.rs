@@ -8,5 +8,6 @@ pub mod index;
 pub mod keylist;
 pub mod keys;
 pub mod policy;
+pub mod report;
 pub mod signed;
 pub mod verify;

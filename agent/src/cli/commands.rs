@@ -167,11 +167,17 @@ pub fn keys(config: &Config, rest: &[OsString]) -> Result<()> {
             let file = Path::new(file);
             let doc = trust::read_capped(file)?;
             let _lock = lock::acquire(&config.state_dir)?;
-            if trust::accept_keylist(config, &doc)? {
-                println!("ok: key list from {} accepted", file.display());
-            } else {
-                println!("ok: key list from {} is already current", file.display());
-            }
+            let result = trust::accept_keylist(config, &doc).map(|new| {
+                let state = if new { "accepted" } else { "already current" };
+                format!("key list from {} {state}", file.display())
+            });
+            // A key list import is an operator action the center sees, like any outcome.
+            with_ctx(config, None, |ctx| {
+                crate::node::outcome::finish(ctx, "keys", &result, &RunInfo::default());
+                Ok(())
+            })
+            .ok();
+            println!("ok: {}", result?);
         }
         _ => return Err(usage()),
     }
@@ -180,16 +186,25 @@ pub fn keys(config: &Config, rest: &[OsString]) -> Result<()> {
     Ok(())
 }
 
-/// `edgepatch report`: deliver the spool now.
-pub fn report(config: &Config) -> Result<()> {
+/// `edgepatch report [--retry-rejected]`: deliver the spool now; first put the reports the
+/// center refused back into it when the operator has fixed the cause.
+pub fn report(config: &Config, retry_rejected: bool) -> Result<()> {
     let url = config.report_url.as_deref().ok_or_else(|| {
         Error::usage("report_url is not set in the config; use export-status DIR")
     })?;
+    if retry_rejected {
+        let n = crate::transport::report::retry_rejected(&config.state_dir)
+            .map_err(|e| Error::io(Exit::Usage, &config.state_dir, e))?;
+        println!("requeued {n} rejected report(s)");
+    }
     let timeout = Duration::from_secs(30);
     let st = crate::transport::report::flush(&config.state_dir, url, timeout)
         .map_err(|m| Error::new(Exit::Deferred, m))?;
+    let kept = crate::transport::report::rejected(&config.state_dir)
+        .map(|r| r.len())
+        .unwrap_or(0);
     println!(
-        "ok: delivered {}, rejected {}, still spooled {}",
+        "ok: delivered {}, rejected {} ({kept} kept in spool-rejected/), still spooled {}",
         st.delivered, st.rejected, st.remaining
     );
     Ok(())

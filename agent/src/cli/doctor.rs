@@ -517,6 +517,17 @@ fn check_tz() -> Check {
     }
 }
 
+/// Does the center answer at report_url?
+fn check_report(config: &Config) -> Check {
+    let Some(url) = config.report_url.as_deref() else {
+        return Check::ok("report", "not set; export-status DIR for USB");
+    };
+    match crate::transport::report::probe(url, MIRROR_TIMEOUT) {
+        Ok(m) => Check::ok("report", m),
+        Err(m) => Check::fail("report", m, "fix report_url or start the center"),
+    }
+}
+
 fn check_mirror(config: &Config) -> Check {
     let Some(mirror) = &config.mirror else {
         return Check::ok("mirror", "not set; bundles come by import (USB, drop dir)");
@@ -588,6 +599,10 @@ pub fn checks(config_path: &Path, clock: &dyn Clock) -> Vec<Check> {
     out.push(match &config {
         Some(c) => check_mirror(c),
         None => Check::skip("mirror"),
+    });
+    out.push(match &config {
+        Some(c) => check_report(c),
+        None => Check::skip("report"),
     });
     out
 }

@@ -152,7 +152,11 @@ fn run(args: Args) -> Result<()> {
             [f] if f == "--json" => c::status(&config, true),
             _ => Err(Error::usage("usage: edgepatch status [--json]")),
         },
-        "report" => c::report(&config),
+        "report" => match rest {
+            [] => c::report(&config, false),
+            [f] if f == "--retry-rejected" => c::report(&config, true),
+            _ => Err(Error::usage("usage: edgepatch report [--retry-rejected]")),
+        },
         "export-status" => {
             let [dir] = one_path(rest, "export-status DIR")?;
             c::export_status(&config, &dir)

@@ -42,6 +42,8 @@ impl Ctx<'_> {
 /// Facts gathered during one run, for the result record and the report.
 #[derive(Default, Debug)]
 pub struct RunInfo {
+    /// The command word for the report when it is not the command's own (`order-halt`, ...).
+    pub command: Option<String>,
     pub cycle: Option<String>,
     pub sequence: Option<u64>,
     pub restored: Option<String>,

@@ -231,6 +231,7 @@ pub fn carry_out_order(ctx: &Ctx, path: &Path, info: &mut RunInfo) -> Result<Str
     };
     let (kind, variant, cycle) = (field("kind")?, field("variant")?, field("cycle")?);
     info.cycle = Some(cycle.clone());
+    info.command = Some(format!("order-{kind}"));
     if variant != ctx.config.variant {
         return Err(Error::new(
             Exit::NotApplicable,

@@ -91,6 +91,7 @@ pub fn rollback(ctx: &Ctx, order: Option<&Path>) -> Result<String> {
         Some(path) => rollback::carry_out_order(ctx, path, &mut info),
         None => rollback::roll_back_last(ctx, &mut info, None),
     });
-    finish(ctx, "rollback", &result, &info);
+    let command = info.command.clone().unwrap_or_else(|| "rollback".into());
+    finish(ctx, &command, &result, &info);
     result
 }

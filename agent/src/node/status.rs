@@ -71,6 +71,8 @@ pub struct Status {
     pub journal: Option<Record>,
     pub last: Record,
     pub quarantined: Vec<String>,
+    /// Reports the center refused (`spool-rejected/`): file name and why.
+    pub rejected: Vec<(String, String)>,
     /// First-contact weaknesses (no trust floor, no trusted time), shown loudly.
     pub warnings: Vec<String>,
 }
@@ -92,6 +94,7 @@ impl Status {
             last: LastResult::load(sd).record,
             quarantined: crate::node::store::list_quarantine(sd),
             warnings: crate::node::trust::first_contact_warnings(config),
+            rejected: rejected_reports(sd),
         }
     }
 
@@ -143,6 +146,7 @@ impl Status {
                 &json::array(self.quarantined.iter().map(|q| json::string(q))),
             )
             .bool("alert", self.alert())
+            .num("reports_rejected", self.rejected.len() as u64)
             .raw(
                 "warnings",
                 &json::array(self.warnings.iter().map(|w| json::string(w))),
@@ -189,11 +193,37 @@ impl Status {
         if self.alert() {
             s += "ALERT     a bundle failed verification; see quarantine/\n";
         }
+        if let Some((_, why)) = self.rejected.last() {
+            s += &format!(
+                "reports   {} rejected by the center, last: {why}\n          fix it, then: edgepatch report --retry-rejected\n",
+                self.rejected.len()
+            );
+        }
         for w in &self.warnings {
             s += &format!("WARNING   {w}\n");
         }
         s
     }
+}
+
+/// The reports the center refused, read straight from `spool-rejected/` (the spool's layout
+/// belongs to `transport::report`; status only counts and shows the reasons).
+fn rejected_reports(state_dir: &Path) -> Vec<(String, String)> {
+    let dir = state_dir.join("spool-rejected");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String)> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.strip_suffix(".why")?.to_string();
+            let why = std::fs::read_to_string(e.path()).unwrap_or_default();
+            Some((name, why.trim().to_string()))
+        })
+        .collect();
+    // Names start with the spool sequence number: oldest first.
+    out.sort_by_key(|(n, _)| n.split('-').next().and_then(|s| s.parse::<u64>().ok()));
+    out
 }
 
 /// Rewrite status.json; failures are logged, never fatal (the node must keep patching).

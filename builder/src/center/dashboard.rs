@@ -42,6 +42,10 @@ pub fn enc(s: &str) -> String {
 
 /// `YYYY-MM-DD HH:MM` UTC.
 pub fn utc(t: i64) -> String {
+    // Node clocks are untrusted: show anything outside years 0..9999 as out of range.
+    if !(-62_167_219_200..=253_402_300_799).contains(&t) {
+        return "out-of-range".into();
+    }
     let days = t.div_euclid(86_400);
     let secs = t.rem_euclid(86_400);
     // Howard Hinnant's civil_from_days.
@@ -62,7 +66,7 @@ pub fn utc(t: i64) -> String {
 }
 
 pub fn ago(now: i64, t: i64) -> String {
-    let d = (now - t).max(0);
+    let d = now.saturating_sub(t).max(0);
     match d {
         0..=119 => format!("{d} s ago"),
         120..=7199 => format!("{} min ago", d / 60),
@@ -112,8 +116,12 @@ pub struct Page {
     pub done_times: Vec<i64>,
     pub nodes: Vec<Node>,
     pub nodes_total: u64,
+    /// Keys waiting for acceptance (when the view asks for state=unaccepted).
+    pub waiting: Vec<db::KeyRow>,
     pub variants: Vec<String>,
     pub labels: Vec<String>,
+    /// Nodes with a key waiting for acceptance (not counted anywhere else).
+    pub unaccepted: u64,
     /// Time spent in the summary queries (fleet + per-cycle counts).
     pub summary_ms: f64,
 }
@@ -127,11 +135,20 @@ pub fn load(conn: &Connection, view: &View, silent_after: i64) -> anyhow::Result
         ..view.filter.clone()
     };
     let fleet = db::counts(conn, None, &counts_filter, cutoff)?;
-    let mut cycles = Vec::new();
-    for c in db::cycles(conn, CYCLES_SHOWN)? {
-        let n = db::counts(conn, Some(&c.cycle), &counts_filter, cutoff)?;
-        cycles.push((c, n));
-    }
+    let shown = db::cycles(conn, CYCLES_SHOWN)?;
+    let cycles: Vec<(Cycle, Counts)> =
+        if counts_filter.variant.is_none() && counts_filter.label.is_none() {
+            let names: Vec<&str> = shown.iter().map(|c| c.cycle.as_str()).collect();
+            let counts = db::counts_many(conn, &names, cutoff)?;
+            shown.into_iter().zip(counts).collect()
+        } else {
+            let mut v = Vec::new();
+            for c in shown {
+                let n = db::counts(conn, Some(&c.cycle), &counts_filter, cutoff)?;
+                v.push((c, n));
+            }
+            v
+        };
     let summary_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let selected = match &view.cycle {
         Some(c) => Some(c.clone()),
@@ -152,8 +169,14 @@ pub fn load(conn: &Connection, view: &View, silent_after: i64) -> anyhow::Result
         done_times,
         nodes,
         nodes_total,
+        waiting: if view.filter.state.as_deref() == Some("unaccepted") {
+            db::keys(conn, None, Some("unaccepted"))?
+        } else {
+            Vec::new()
+        },
         variants: db::variants(conn)?,
         labels: db::labels(conn)?,
+        unaccepted: db::unaccepted_count(conn)?,
         summary_ms,
     })
 }
@@ -211,10 +234,12 @@ pub fn render(view: &View, p: &Page) -> String {
     let _ = write!(
         h,
         "<h1>edgepatch fleet</h1><p class=muted id=summary>{} nodes · {} done · \
-         <span class=s-silent>{} silent</span> (not seen for {hours} h) · {} UTC</p>",
+         <span class=s-silent>{} silent</span> (not seen for {hours} h) · \
+         <a id=unaccepted href=\"/?state=unaccepted\">{} unaccepted</a> · {} UTC</p>",
         p.fleet.nodes,
         p.fleet.get("done"),
         p.fleet.get("silent"),
+        p.unaccepted,
         utc(p.now)
     );
     // Filters.
@@ -234,7 +259,7 @@ pub fn render(view: &View, p: &Page) -> String {
     for s in STATES {
         let _ = write!(h, "<th title=\"{}\">{s}</th>", esc(state_help(s)));
     }
-    h += "<th>done %</th></tr>";
+    h += "<th>done %</th><th title=\"hit a failure, then done with no operator action\">healed</th></tr>";
     let mut rows: Vec<(Option<&str>, &Counts)> = p
         .cycles
         .iter()
@@ -265,7 +290,23 @@ pub fn render(view: &View, p: &Page) -> String {
                 "<td class=s-{s} data-cycle=\"{key}\" data-state=\"{s}\">{cell}</td>"
             );
         }
-        let _ = write!(h, "<td>{}</td></tr>", pct(n.get("done"), n.nodes));
+        let healed = if cycle.is_some() && n.hit_failure > 0 {
+            format!(
+                "<span title=\"{} of {} nodes that hit a failure\">{}/{} {}</span>",
+                n.self_healed,
+                n.hit_failure,
+                n.self_healed,
+                n.hit_failure,
+                pct(n.self_healed, n.hit_failure)
+            )
+        } else {
+            "<span class=muted>–</span>".into()
+        };
+        let _ = write!(
+            h,
+            "<td>{}</td><td data-cycle=\"{key}\" data-state=\"self-healed\">{healed}</td></tr>",
+            pct(n.get("done"), n.nodes)
+        );
     }
     h += "</table>";
     let _ = write!(
@@ -304,6 +345,49 @@ pub fn render(view: &View, p: &Page) -> String {
         p.nodes.len(),
         p.nodes_total
     );
+    let mut cli = String::from("edgepatch-builder fleet --db DB list");
+    if let Some(c) = &p.selected {
+        let _ = write!(cli, " --cycle {c}");
+    }
+    if let Some(st) = &view.filter.state {
+        let _ = write!(cli, " --state {st}");
+    }
+    if let Some(v) = &view.filter.variant {
+        let _ = write!(cli, " --variant {v}");
+    }
+    if let Some((k, v)) = &view.filter.label {
+        let _ = write!(cli, " --label {k}={v}");
+    }
+    let _ = write!(
+        h,
+        "<p class=muted id=same-list>Same list on the command line: <code>{} --json</code></p>",
+        esc(&cli)
+    );
+    if view.filter.state.as_deref() == Some("unaccepted") {
+        let _ = write!(
+            h,
+            "<h2>Keys waiting for acceptance — {}</h2><p class=muted>Compare each fingerprint \
+             with <code>edgepatch status</code> on the node, then <code>edgepatch-builder fleet \
+             --db DB accept NODE</code>. Same list: <code>edgepatch-builder fleet --db DB list \
+             --state unaccepted --json</code></p><table id=waiting><tr><th class=l>node</th>\
+             <th class=l>key fingerprint</th><th class=l>variant</th><th>reports</th>\
+             <th>first seen</th></tr>",
+            p.waiting.len()
+        );
+        for k in &p.waiting {
+            let _ = write!(
+                h,
+                "<tr><td class=l>{}</td><td class=l><code>{}</code></td><td class=l>{}</td>\
+                 <td>{}</td><td>{} UTC</td></tr>",
+                esc(&k.node_id),
+                esc(&k.key_id),
+                esc(k.variant.as_deref().unwrap_or("–")),
+                k.reports,
+                utc(k.first_seen)
+            );
+        }
+        h += "</table>";
+    }
     h += "<table id=nodes><tr><th class=l>node</th><th class=l>variant</th><th class=l>labels</th>\
           <th class=l>state</th><th class=l>installed</th><th class=l>last result</th>\
           <th>last seen</th></tr>";
@@ -375,9 +459,14 @@ pub fn plot(done: &[i64], total: u64, first_seen: Option<i64>, now: i64) -> Stri
         );
         return s;
     }
+    // Every time here is the center's, but stay total for any i64: no overflow, x0 < x1.
     let x0 = first_seen.unwrap_or(done[0]).min(done[0]);
-    let x1 = done[done.len() - 1].max(x0 + 1).min(now.max(x0 + 1));
-    let x = |t: i64| ml + pw * ((t.clamp(x0, x1) - x0) as f64 / (x1 - x0) as f64);
+    let x1 = done[done.len() - 1]
+        .min(now)
+        .max(x0.saturating_add(1))
+        .max(x0);
+    let span = (x1 as f64 - x0 as f64).max(1.0);
+    let x = |t: i64| ml + pw * ((t.max(x0).min(x1) as f64 - x0 as f64) / span).clamp(0.0, 1.0);
     let y = |n: usize| mt + ph - ph * (n as f64 / total as f64).min(1.0);
     // At most ~400 steps: sample evenly, always keep the last.
     let step = done.len().div_ceil(400).max(1);
@@ -428,7 +517,7 @@ pub fn render_node(node: &Node, status: Option<&str>, history: &[HistoryRow], no
          <dt>state</dt><dd class=s-{}>{}</dd><dt>variant</dt><dd>{}</dd>\
          <dt>labels</dt><dd>{}</dd><dt>installed</dt><dd>{} (sequence {})</dd>\
          <dt>last seen</dt><dd>{} UTC ({})</dd><dt>first seen</dt><dd>{} UTC</dd>\
-         <dt>agent</dt><dd>{}</dd><dt>node key</dt><dd><code>{}</code></dd></dl>",
+         <dt>agent</dt><dd>{}</dd><dt>node clock</dt><dd>{} UTC (shown, not trusted)</dd></dl>",
         esc(&node.node_id),
         esc(&node.state),
         esc(&node.state),
@@ -441,15 +530,12 @@ pub fn render_node(node: &Node, status: Option<&str>, history: &[HistoryRow], no
         ago(now, node.last_seen),
         utc(node.first_seen),
         esc(node.agent_version.as_deref().unwrap_or("–")),
-        esc(if node.pubkey.is_empty() {
-            "(unpinned)"
-        } else {
-            &node.pubkey
-        }),
+        node.node_time.map_or("–".into(), utc),
     );
     let _ = write!(
         h,
-        "<h2>History ({} newest reports)</h2><table id=history><tr><th class=l>time (UTC)</th>\
+        "<h2>History ({} newest reports)</h2><table id=history><tr><th class=l>received (UTC)</th>\
+         <th class=l>node clock</th><th>report</th>\
          <th class=l>cycle</th><th>seq</th><th class=l>command</th><th>exit</th>\
          <th class=l>state</th><th class=l>reason</th><th class=l>timings ms</th>\
          <th class=l>via</th><th>dropped</th></tr>",
@@ -459,10 +545,14 @@ pub fn render_node(node: &Node, status: Option<&str>, history: &[HistoryRow], no
         let st = r.state.as_deref().unwrap_or("–");
         let _ = write!(
             h,
-            "<tr><td class=l>{}</td><td class=l>{}</td><td>{}</td><td class=l>{}</td>\
+            "<tr><td class=l>{}</td><td class=l>{}</td><td>{}{}</td><td class=l>{}</td>\
+             <td>{}</td><td class=l>{}</td>\
              <td>{} {}</td><td class=\"l s-{st}\">{st}</td><td class=reason title=\"{}\">{}</td>\
              <td class=l>{}</td><td class=l>{}</td><td>{}</td></tr>",
-            utc(r.event_time),
+            utc(r.received),
+            utc(r.node_time),
+            r.report_seq,
+            if r.counted { "" } else { " (not counted)" },
             esc(r.cycle.as_deref().unwrap_or("–")),
             r.sequence.map_or("–".into(), |s| s.to_string()),
             esc(&r.command),
@@ -506,6 +596,16 @@ mod tests {
         assert!(plot(&[], 10, None, 100).contains("no node has finished"));
         let s = plot(&[100, 200, 300], 4, Some(50), 1000);
         assert!(s.contains("<polyline") && s.contains("3 of 4 done"));
+        // Whatever times are stored, the arithmetic holds (issue 17: i64::MAX crashed it).
+        for (d, first, now) in [
+            (vec![i64::MAX], Some(0), 0),
+            (vec![i64::MIN, i64::MAX], None, i64::MAX),
+            (vec![5, 1], Some(i64::MAX), i64::MIN),
+        ] {
+            assert!(plot(&d, 1, first, now).contains("<polyline"));
+        }
+        assert_eq!(utc(i64::MAX), "out-of-range");
+        assert_eq!(ago(i64::MIN, i64::MAX), "0 s ago");
         let many: Vec<i64> = (0..10_000).collect();
         assert!(plot(&many, 10_000, None, 20_000).len() < 40_000);
     }

@@ -2,6 +2,8 @@
 //! (the policy's `haltFailurePercent`), the center writes a signed halt order for that cycle and
 //! variant into the orders directory (publish it with the mirror: `publish --order FILE`). Nodes
 //! that have not started the cycle then defer it (exit 5); nodes that finished are not touched.
+//! `order --kind resume` lifts it; written as `resume-VARIANT-CYCLE.order` into the orders
+//! directory it also keeps this rule from halting the same cycle again.
 
 use anyhow::Result;
 use rusqlite::Connection;
@@ -15,7 +17,8 @@ pub struct HaltRule<'a> {
     pub orders_dir: &'a Path,
 }
 
-/// (cycle, variant, failed or rolled back, done) for every cycle with reports.
+/// (cycle, variant, failed or rolled back, done) for every cycle with reports of accepted nodes,
+/// each node counted by its own state in that cycle (an outcome is not erased by later reports).
 pub fn failure_counts(conn: &Connection) -> Result<Vec<(String, String, u64, u64)>> {
     let mut st = conn.prepare(
         "SELECT nc.cycle, n.variant,
@@ -47,6 +50,18 @@ pub fn apply_rule(conn: &Connection, rule: &HaltRule) -> Result<Vec<PathBuf>> {
             .orders_dir
             .join(format!("halt-{variant}-{cycle}.order"));
         if out.exists() {
+            continue;
+        }
+        // The operator lifted a halt for this cycle ('order --kind resume'): do not halt again.
+        let resume = rule
+            .orders_dir
+            .join(format!("resume-{variant}-{cycle}.order"));
+        if resume.exists() {
+            println!(
+                "{variant} {cycle}: {failed} of {finished} finished nodes failed or rolled back, \
+                 but {} lifts the halt; not halting again",
+                resume.display()
+            );
             continue;
         }
         crate::order::write_order(rule.key, "halt", &variant, &cycle, 30 * 86400, &out)?;

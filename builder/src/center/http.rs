@@ -1,13 +1,16 @@
 //! `edgepatch-builder serve`: the HTTP side of the center (axum on a small tokio runtime).
 //! SQLite work runs on blocking threads, so a slow client only ever holds its own task: the
-//! body size is capped, reading a body and answering both have a deadline.
+//! request headers, the body and the answer each have a deadline, the body size is capped, and
+//! so are connections, in total and per client address. Each connection is its own task: a
+//! panic inside one request ends that task, not the center (when built with panic=unwind, see
+//! the `center` profile in Cargo.toml).
 
 // Handlers return `Result<_, Response>`: an error *is* the response, built once per request,
 // so boxing it would only add an allocation.
 #![allow(clippy::result_large_err)]
 
 use super::dashboard::{self, View};
-use super::db::{self, Db, Filter, IngestError};
+use super::db::{self, Db, Filter};
 use super::model::{self, MAX_BODY};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
@@ -16,15 +19,74 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use tower_http::services::ServeDir;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
+/// One verified envelope waiting for the writer thread.
+struct Job {
+    env: model::Envelope,
+    received: i64,
+    reply: tokio::sync::oneshot::Sender<Result<(db::Ingested, &'static str), String>>,
+}
+
+/// Most envelopes committed in one transaction.
+const GROUP_COMMIT: usize = 64;
+
+/// The writer thread: takes every envelope queued meanwhile and stores them in one transaction
+/// (group commit; each in its own savepoint), then answers each request.
+fn writer(center: Arc<Center>, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let envs: Vec<(model::Envelope, i64)> = batch
+            .iter_mut()
+            .map(|j| {
+                (
+                    std::mem::replace(
+                        &mut j.env,
+                        model::Envelope {
+                            pubkey: String::new(),
+                            node_id: None,
+                            exported_at: 0,
+                            status: None,
+                            reports: Vec::new(),
+                        },
+                    ),
+                    j.received,
+                )
+            })
+            .collect();
+        let results = center.db.write(|conn| db::ingest_many(conn, &envs, "http"));
+        match results {
+            Ok(rs) => {
+                for (j, r) in batch.into_iter().zip(rs) {
+                    let _ = j.reply.send(r.map_err(|e| format!("database: {e}")));
+                }
+            }
+            Err(e) => {
+                for j in batch {
+                    let _ = j.reply.send(Err(format!("database: {e}")));
+                }
+            }
+        }
+    }
+}
+
 pub struct Center {
     pub db: Db,
+    jobs: Mutex<Option<std::sync::mpsc::SyncSender<Job>>>,
     pub silent_after: i64,
     accepted: AtomicU64,
     duplicates: AtomicU64,
@@ -60,36 +122,73 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(internal)?
 }
 
-async fn post_reports(State(c): State<Shared>, body: Bytes) -> Response {
-    let reports = match model::parse_batch(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            c.refused.fetch_add(1, Ordering::Relaxed);
-            return err(StatusCode::BAD_REQUEST, e);
-        }
-    };
+async fn post_reports(
+    State(c): State<Shared>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let sig = headers
+        .get(edgepatch::bundle::report::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let c2 = c.clone();
-    let result = blocking(move || {
-        c2.db
-            .write(|conn| db::ingest(conn, &reports, db::now(), "http"))
-            .map_err(|e| match e {
-                IngestError::KeyMismatch(m) => {
-                    c2.refused.fetch_add(1, Ordering::Relaxed);
-                    err(StatusCode::CONFLICT, m)
-                }
-                e => internal(e),
+    let verified = blocking(move || {
+        let now = db::now();
+        let env = match model::open_envelope(&body, &sig, now) {
+            Ok(e) => e,
+            Err(e) => {
+                c2.refused.fetch_add(1, Ordering::Relaxed);
+                let status = match e {
+                    model::EnvelopeError::Invalid(_) => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                return Err(err(status, e.to_string()));
+            }
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sender = c2
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| internal("writer stopped"))?;
+        sender
+            .send(Job {
+                env,
+                received: now,
+                reply,
             })
+            .map_err(|_| internal("writer stopped"))?;
+        Ok(answer)
     })
     .await;
-    match result {
-        Ok(r) => {
-            c.accepted.fetch_add(r.accepted as u64, Ordering::Relaxed);
-            c.duplicates
-                .fetch_add(r.duplicates as u64, Ordering::Relaxed);
-            json(&serde_json::json!({ "accepted": r.accepted, "duplicates": r.duplicates }))
-        }
-        Err(resp) => resp,
-    }
+    let answer = match verified {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let (r, state) = match answer.await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return internal(e),
+        Err(_) => return internal("writer stopped"),
+    };
+    c.accepted.fetch_add(r.accepted as u64, Ordering::Relaxed);
+    c.duplicates
+        .fetch_add(r.duplicates as u64, Ordering::Relaxed);
+    json(&serde_json::json!({
+        "accepted": r.accepted,
+        "duplicates": r.duplicates,
+        "counted": r.counted,
+        "node": state,
+    }))
+}
+
+/// `doctor` on the node: the report URL answers GET.
+async fn get_reports() -> Response {
+    json(&serde_json::json!({
+        "ok": true,
+        "accepts": "POST of an edgepatch-export/1 envelope signed by the node key",
+    }))
 }
 
 #[derive(Deserialize, Default)]
@@ -120,6 +219,17 @@ async fn get_nodes(State(c): State<Shared>, Query(q): Query<FilterQuery>) -> Res
         Ok(v) => v,
         Err(r) => return r,
     };
+    if view.filter.state.as_deref() == Some("unaccepted") {
+        let r = blocking(move || {
+            c.db.read(|conn| db::keys(conn, None, Some("unaccepted")))
+                .map_err(internal)
+        })
+        .await;
+        return match r {
+            Ok(keys) => json(&serde_json::json!({ "total": keys.len(), "unaccepted": keys })),
+            Err(r) => r,
+        };
+    }
     let r = blocking(move || {
         let cutoff = db::now() - c.silent_after;
         c.db.read(|conn| {
@@ -294,6 +404,22 @@ async fn get_node(State(c): State<Shared>, UrlPath(id): UrlPath<String>) -> Resp
     }
 }
 
+/// A panic while handling one request becomes a 500 for that request (with panic=unwind; see
+/// the `center` profile). Blocking work panicking is caught by `spawn_blocking` already.
+async fn catch_panics(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error (a bug in the center; the request was dropped, the center runs on)",
+        ),
+    }
+}
+
 async fn not_found() -> Response {
     err(
         StatusCode::NOT_FOUND,
@@ -305,7 +431,9 @@ pub fn router(center: Shared, mirror: Option<PathBuf>) -> Router {
     let mut app = Router::new()
         .route(
             "/api/v1/reports",
-            post(post_reports).layer(DefaultBodyLimit::max(MAX_BODY)),
+            post(post_reports)
+                .get(get_reports)
+                .layer(DefaultBodyLimit::max(MAX_BODY)),
         )
         .route("/api/v1/nodes", get(get_nodes))
         .route("/api/v1/cycles/{cycle}", get(get_cycle))
@@ -318,11 +446,109 @@ pub fn router(center: Shared, mirror: Option<PathBuf>) -> Router {
         // ServeDir refuses paths that leave `dir` and answers Range requests.
         app = app.nest_service("/mirror", ServeDir::new(dir));
     }
-    app.layer(RequestBodyTimeoutLayer::new(Duration::from_secs(30)))
+    // Test hook (debug builds only, and only when asked for): a handler that panics.
+    if cfg!(debug_assertions) && std::env::var_os("EDGEPATCH_CENTER_TEST_PANIC").is_some() {
+        app = app.route(
+            "/test/panic",
+            get(|| async {
+                if true {
+                    panic!("test panic");
+                }
+                ""
+            }),
+        );
+    }
+    app.layer(axum::middleware::from_fn(catch_panics))
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(30)))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(60),
         ))
+}
+
+/// Connection limits for `serve`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Whole request head (request line and headers) must arrive within this.
+    pub header_timeout: Duration,
+    /// Open connections in total; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Open connections per client address; further ones are closed at once.
+    pub max_per_client: usize,
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerClient {
+    fn enter(&self, ip: IpAddr, max: usize) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let per_client = Arc::new(PerClient::default());
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: wait for connections to close instead of spinning.
+                    eprintln!("edgepatch-builder serve: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let ip = peer.ip();
+        if !per_client.enter(ip, limits.max_per_client) {
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let per_client = per_client.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = conn.await;
+            per_client.leave(ip);
+            drop(permit);
+        });
+    }
 }
 
 pub fn serve(
@@ -330,18 +556,33 @@ pub fn serve(
     db_path: &std::path::Path,
     mirror: Option<PathBuf>,
     silent_after: i64,
+    limits: Limits,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     if let Some(m) = &mirror {
         anyhow::ensure!(m.is_dir(), "--mirror {}: not a directory", m.display());
     }
+    if cfg!(panic = "abort") {
+        eprintln!(
+            "edgepatch-builder serve: warning: built with panic=abort, so a bug hit by one \
+             request ends the center; build with 'cargo build --profile center'"
+        );
+    }
+    let (jobs, queue) = std::sync::mpsc::sync_channel(1024);
     let center = Arc::new(Center {
         db: Db::open(db_path)?,
+        jobs: Mutex::new(Some(jobs)),
         silent_after,
         accepted: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         refused: AtomicU64::new(0),
     });
+    {
+        let c = center.clone();
+        std::thread::Builder::new()
+            .name("db-writer".into())
+            .spawn(move || writer(c, queue))?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
@@ -356,22 +597,21 @@ pub fn serve(
             "edgepatch-builder serve: listening on http://{addr}/ (db {})",
             db_path.display()
         );
-        axum::serve(listener, router(center, mirror))
-            .with_graceful_shutdown(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                match signal(SignalKind::terminate()) {
-                    Ok(mut term) => {
-                        tokio::select! {
-                            _ = tokio::signal::ctrl_c() => {}
-                            _ = term.recv() => {}
-                        }
-                    }
-                    Err(_) => {
-                        let _ = tokio::signal::ctrl_c().await;
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
                     }
                 }
-            })
-            .await
-            .context("serve")
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        accept_loop(listener, router(center, mirror), limits, shutdown).await;
+        Ok(())
     })
 }

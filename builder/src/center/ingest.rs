@@ -1,28 +1,17 @@
 //! `edgepatch-builder ingest --db FILE DIR`: load USB exports written by `edgepatch
 //! export-status`. Each export is checked before anything is stored: the Ed25519 signature by
 //! the node key over the exact bytes of export.json, the key inside matching node.pub, every
-//! report naming the same node and key, and the key matching the one pinned for that node.
+//! report naming the same node and key with a plausible clock. The same envelope arrives over
+//! HTTP (`model::open_envelope`); a key seen for the first time waits as `unaccepted`.
 
 use super::db;
-use super::model::WireReport;
+use super::model::{open_envelope, Envelope, EnvelopeError};
 use anyhow::{bail, Context};
-use edgepatch::bundle::format::{hex, parse_hex};
+use edgepatch::bundle::format::hex;
 use edgepatch::bundle::keys;
+use edgepatch::bundle::report::{EXPORT_JSON, EXPORT_SIG, NODE_PUB_FILE, SIGNATURE_TAG};
 use edgepatch::support::error::{Error as AgentError, Exit};
-use edgepatch::transport::report::{
-    EXPORT_FORMAT, EXPORT_JSON, EXPORT_SIG, NODE_PUB_FILE, SIGNATURE_TAG,
-};
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
-
-#[derive(Deserialize)]
-struct Export {
-    format: String,
-    node_pubkey: String,
-    exported_at: u64,
-    status: Option<String>,
-    reports: Vec<serde_json::Value>,
-}
 
 /// The export directories under `dir`: `dir` itself, or its subdirectories holding export.json.
 pub fn find_exports(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -45,15 +34,6 @@ pub fn find_exports(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// An export whose bytes are authentic: parsed reports, the node id, the status text.
-pub struct Verified {
-    pub node_id: Option<String>,
-    pub pubkey: String,
-    pub exported_at: u64,
-    pub status: Option<String>,
-    pub reports: Vec<WireReport>,
-}
-
 fn tampered(dir: &Path, what: String) -> anyhow::Error {
     AgentError::new(
         Exit::Authenticity,
@@ -67,7 +47,7 @@ fn tampered(dir: &Path, what: String) -> anyhow::Error {
 }
 
 /// Check one export directory. Errors carry exit code 3 (authenticity) for a bad signature.
-pub fn verify_export(dir: &Path) -> anyhow::Result<Verified> {
+pub fn verify_export(dir: &Path) -> anyhow::Result<Envelope> {
     let read = |name: &str| {
         std::fs::read(dir.join(name)).with_context(|| format!("{}", dir.join(name).display()))
     };
@@ -76,84 +56,35 @@ pub fn verify_export(dir: &Path) -> anyhow::Result<Verified> {
     let pub_text = String::from_utf8(read(NODE_PUB_FILE)?).unwrap_or_default();
     let pk = keys::parse_public(&pub_text, &dir.join(NODE_PUB_FILE).display().to_string())
         .map_err(|e| tampered(dir, e))?;
-    let sig_hex = sig_text
-        .trim()
-        .strip_prefix(SIGNATURE_TAG)
-        .map(str::trim)
-        .and_then(parse_hex::<64>)
-        .ok_or_else(|| {
-            tampered(
-                dir,
-                format!("{EXPORT_SIG} is not '{SIGNATURE_TAG} <128 hex digits>'"),
-            )
-        })?;
-    pk.key
-        .verify(&body, &ed25519_compact::Signature::new(sig_hex))
-        .map_err(|_| {
-            tampered(
-                dir,
-                format!(
-                    "signature in {EXPORT_SIG} does not match the bytes of {EXPORT_JSON} \
-                     (node key {})",
-                    hex(&pk.id)
-                ),
-            )
-        })?;
-    let pubkey = hex(pk.key.as_ref());
-    let export: Export = serde_json::from_slice(&body).with_context(|| {
-        format!(
-            "{}: signed but not an export",
-            dir.join(EXPORT_JSON).display()
-        )
+    let mut env = open_envelope(&body, &sig_text, db::now()).map_err(|e| match e {
+        EnvelopeError::Unsigned(_) => tampered(
+            dir,
+            format!("{EXPORT_SIG} is not '{SIGNATURE_TAG} <128 hex digits>'"),
+        ),
+        EnvelopeError::BadSignature(_) => tampered(
+            dir,
+            format!(
+                "signature in {EXPORT_SIG} does not match the bytes of {EXPORT_JSON} \
+                 (node key {})",
+                hex(&pk.id)
+            ),
+        ),
+        EnvelopeError::Invalid(m) => anyhow::anyhow!("{}: {m}", dir.display()),
     })?;
-    if export.format != EXPORT_FORMAT {
-        bail!(
-            "{}: format {:?}, this center reads {EXPORT_FORMAT}; upgrade the center",
-            dir.display(),
-            export.format
-        );
-    }
-    if export.node_pubkey != pubkey {
+    if env.pubkey != hex(pk.key.as_ref()) {
         return Err(tampered(
             dir,
             "node_pubkey inside export.json differs from node.pub".into(),
         ));
     }
-    let mut reports = Vec::new();
-    let mut node_id: Option<String> = None;
-    for (i, v) in export.reports.into_iter().enumerate() {
-        let r: WireReport = serde_json::from_value(v)
-            .with_context(|| format!("{}: reports[{i}]", dir.display()))?;
-        r.check()
-            .map_err(|e| anyhow::anyhow!("{}: reports[{i}]: {e}", dir.display()))?;
-        if r.node_pubkey != pubkey {
-            bail!("{}: reports[{i}] names another node key", dir.display());
-        }
-        match &node_id {
-            None => node_id = Some(r.node_id.clone()),
-            Some(n) if *n != r.node_id => bail!(
-                "{}: reports for two nodes ({n}, {}) in one export",
-                dir.display(),
-                r.node_id
-            ),
-            Some(_) => {}
-        }
-        reports.push(r);
-    }
-    if node_id.is_none() {
-        node_id = export
+    if env.node_id.is_none() {
+        env.node_id = env
             .status
             .as_deref()
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
             .and_then(|v| v.get("node_id").and_then(|n| n.as_str()).map(String::from));
     }
-    Ok(Verified {
-        node_id,
-        pubkey,
-        exported_at: export.exported_at,
-        status: export.status,
-        reports,
-    })
+    Ok(env)
 }
 
 /// Verify and store every export under `dir`. One bad export does not stop the others, but
@@ -201,38 +132,31 @@ fn ingest_one(conn: &mut rusqlite::Connection, dir: &Path) -> anyhow::Result<Str
             dir.display()
         ));
     };
-    if let Some(pinned) = db::pinned_key(conn, &node)? {
-        if !pinned.is_empty() && pinned != v.pubkey {
-            return Err(AgentError::new(
-                Exit::Authenticity,
-                format!(
-                    "{}: REJECTED: signed by key {}…, but node {node} is pinned to key {}… \
-                     since its first report; if the node was reinstalled, run \
-                     'edgepatch-builder fleet --db DB --unpin {node}' and ingest again",
-                    dir.display(),
-                    &v.pubkey[..16],
-                    &pinned[..pinned.len().min(16)]
-                ),
-            )
-            .into());
-        }
-    }
-    let now = db::now();
-    let newest = v.reports.iter().map(|r| r.event_time()).max().unwrap_or(0);
-    let seen = (v.exported_at.min(i64::MAX as u64) as i64)
-        .max(newest)
-        .min(now);
-    let got = if v.reports.is_empty() {
-        db::Ingested::default()
+    let (got, state) = if v.reports.is_empty() {
+        (db::Ingested::default(), "none")
     } else {
-        db::ingest(conn, &v.reports, seen, "usb")
-            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
+        // The center heard of these when the stick was written, not when it was plugged in
+        // (a node last exported a week ago is silent): the export's time, never later than now.
+        let now = db::now();
+        let written = i64::try_from(v.exported_at).unwrap_or(now).min(now);
+        let received = written.max(super::model::MIN_TIME as i64);
+        db::ingest(conn, &v, received, "usb")
+            .map_err(|e| anyhow::anyhow!("{}: database: {e}", dir.display()))?
     };
-    if let Some(s) = &v.status {
+    if let (Some(s), "accepted") = (&v.status, state) {
         db::set_status(conn, &node, s)?;
     }
+    let waiting = if state == "unaccepted" || state == "retired" {
+        format!(
+            "; node key {} is not accepted: reports stored, not counted; check it and run \
+             'edgepatch-builder fleet --db DB accept {node}'",
+            &db::key_id(&v.pubkey)
+        )
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "{}: node {node}: signature ok, {} report(s): {} new, {} already known",
+        "{}: node {node}: signature ok, {} report(s): {} new, {} already known{waiting}",
         dir.display(),
         v.reports.len(),
         got.accepted,

@@ -2,8 +2,8 @@
 //!
 //! - `serve`: HTTP API for agents (`POST /api/v1/reports`), JSON views, Prometheus metrics, the
 //!   dashboard at `/`, and optionally the mirror tree under `/mirror/`;
-//! - `ingest`: USB exports from offline sites (signature checked, node key pinned);
-//! - `fleet`: the dashboard's summary for a terminal.
+//! - `ingest`: USB exports from offline sites (signature checked; new keys wait for acceptance);
+//! - `fleet`: the dashboard's summary for a terminal, node lists and history, enrolment.
 //!
 //! Everything is stored in one SQLite file (WAL), see `db`.
 
@@ -33,6 +33,15 @@ pub struct ServeArgs {
     /// A node not seen for this many hours counts as silent
     #[arg(long, default_value_t = SILENT_HOURS)]
     pub silent_hours: u64,
+    /// Seconds a client has to send a whole request head
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
+    /// Open connections in total (more wait in the kernel backlog)
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// Open connections per client address (more are closed at once)
+    #[arg(long, default_value_t = 32)]
+    pub max_per_client: usize,
 }
 
 #[derive(clap::Args)]
@@ -52,11 +61,9 @@ pub struct FleetArgs {
     /// A node not seen for this many hours counts as silent
     #[arg(long, default_value_t = SILENT_HOURS)]
     pub silent_hours: u64,
-    /// Forget the key pinned for NODE (after a reinstall); its next report pins a new one
-    #[arg(long, value_name = "NODE")]
-    pub unpin: Option<String>,
     /// Write a signed halt order for any cycle whose failed + rolled-back share of finished
-    /// nodes reaches PERCENT (the policy's haltFailurePercent); needs --halt-key, --orders-dir
+    /// nodes reaches PERCENT (the policy's haltFailurePercent); needs --halt-key, --orders-dir.
+    /// A cycle with a resume order (resume-VARIANT-CYCLE.order) in --orders-dir is not halted.
     #[arg(long, value_name = "PERCENT", requires_all = ["halt_key", "orders_dir"])]
     pub halt_over: Option<u64>,
     /// Decide only once this many nodes finished a cycle
@@ -68,6 +75,49 @@ pub struct FleetArgs {
     /// Where halt orders are written (publish them with the mirror)
     #[arg(long)]
     pub orders_dir: Option<PathBuf>,
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Option<FleetCmd>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum FleetCmd {
+    /// The nodes behind a count: one cycle, optionally one state, variant or label
+    List {
+        #[arg(long)]
+        cycle: Option<String>,
+        /// failed, pending, silent, rolled-back, superseded, done, unaccepted, ...
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        variant: Option<String>,
+        /// key=value
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One node's state, keys (fingerprints) and report history
+    Node {
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept the key waiting for each NODE (check its fingerprint with 'fleet list --state
+    /// unaccepted' against 'edgepatch status' on the node first)
+    Accept {
+        #[arg(required_unless_present = "all_pending")]
+        nodes: Vec<String>,
+        /// Every new node with exactly one waiting key (a key change of an accepted node
+        /// always needs 'accept NODE')
+        #[arg(long, conflicts_with = "nodes")]
+        all_pending: bool,
+    },
+    /// Accept ids and keys from an inventory: one 'NODE_ID KEY' per line (KEY: 64 hex digits
+    /// or the line of the node's node.pub); '#' starts a comment
+    Preauthorize { file: PathBuf },
 }
 
 fn silent_secs(hours: u64) -> i64 {
@@ -75,11 +125,20 @@ fn silent_secs(hours: u64) -> i64 {
 }
 
 pub fn serve(a: &ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.header_timeout > 0 && a.max_connections > 0 && a.max_per_client > 0,
+        "--header-timeout, --max-connections and --max-per-client must be at least 1"
+    );
     http::serve(
         &a.listen,
         &a.db,
         a.mirror.clone(),
         silent_secs(a.silent_hours),
+        http::Limits {
+            header_timeout: std::time::Duration::from_secs(a.header_timeout),
+            max_connections: a.max_connections,
+            max_per_client: a.max_per_client,
+        },
     )
 }
 
@@ -87,25 +146,113 @@ pub fn ingest(a: &IngestArgs) -> anyhow::Result<()> {
     ingest::run(&a.db, &a.dir)
 }
 
+/// One inventory line: `NODE_ID KEY`, KEY as 64 hex digits (optionally after the public key tag).
+fn parse_inventory(text: &str, origin: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(node), Some(key)) = (words.next(), words.last()) else {
+            anyhow::bail!("{origin}:{}: want 'NODE_ID KEY', got {line:?}", i + 1);
+        };
+        anyhow::ensure!(
+            key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{origin}:{}: key of {node} must be 64 hex digits (the node's node.pub)",
+            i + 1
+        );
+        anyhow::ensure!(
+            node.len() <= 128 && node.bytes().all(|b| b.is_ascii_graphic()),
+            "{origin}:{}: node id {node:?} is not printable ASCII",
+            i + 1
+        );
+        out.push((node.to_string(), key.to_ascii_lowercase()));
+    }
+    Ok(out)
+}
+
 pub fn fleet(a: &FleetArgs) -> anyhow::Result<()> {
+    // Preauthorizing may come before the first node reports: it creates the database.
+    let creates = matches!(a.cmd, Some(FleetCmd::Preauthorize { .. }));
     anyhow::ensure!(
-        a.db.is_file(),
-        "{}: no such database (serve or ingest create it)",
+        creates || a.db.is_file(),
+        "{}: no such database (serve, ingest or fleet preauthorize create it)",
         a.db.display()
     );
-    let conn = db::open(&a.db)?;
-    if let Some(node) = &a.unpin {
-        anyhow::ensure!(
-            db::unpin(&conn, node)?,
-            "no node {node} in {}",
-            a.db.display()
-        );
-        println!("node {node}: key unpinned; its next report or export pins a new one");
-        return Ok(());
+    let mut conn = db::open(&a.db)?;
+    let cutoff = db::now() - silent_secs(a.silent_hours);
+    match &a.cmd {
+        Some(FleetCmd::List {
+            cycle,
+            state,
+            variant,
+            label,
+            json,
+        }) => return list(&conn, cycle, state, variant, label, *json, cutoff),
+        Some(FleetCmd::Node { node, json }) => return show_node(&conn, node, *json, cutoff),
+        Some(FleetCmd::Accept { nodes, all_pending }) => {
+            let targets: Vec<String> = if *all_pending {
+                let mut t = Vec::new();
+                for (n, keys, known) in db::waiting_nodes(&conn)? {
+                    if known {
+                        eprintln!(
+                            "node {n}: a new key would replace its accepted one (reimaged, or an \
+                             impostor); not accepted: check, then 'fleet accept {n}'"
+                        );
+                    } else if keys == 1 {
+                        t.push(n);
+                    } else {
+                        eprintln!(
+                            "node {n}: {keys} different keys wait; not accepted (preauthorize \
+                             the right one)"
+                        );
+                    }
+                }
+                t
+            } else {
+                nodes.clone()
+            };
+            let mut failed = 0;
+            for n in &targets {
+                match db::accept(&mut conn, n) {
+                    Ok(k) => println!("node {n}: accepted, {k} stored report(s) now counted"),
+                    Err(e) => {
+                        eprintln!("edgepatch-builder fleet accept: {e}");
+                        failed += 1;
+                    }
+                }
+            }
+            anyhow::ensure!(failed == 0, "{failed} node(s) not accepted (see above)");
+            if targets.is_empty() {
+                println!("no node waits for acceptance");
+            }
+            return Ok(());
+        }
+        Some(FleetCmd::Preauthorize { file }) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("inventory {}: {e}", file.display()))?;
+            let entries = parse_inventory(&text, &file.display().to_string())?;
+            let p = db::preauthorize(&mut conn, &entries)?;
+            println!(
+                "{} node key(s): {} preauthorized, {} waiting now accepted, {} already accepted",
+                entries.len(),
+                p.recorded,
+                p.accepted,
+                p.unchanged
+            );
+            return Ok(());
+        }
+        None => {}
     }
     let view = dashboard::View::default();
     let page = dashboard::load(&conn, &view, silent_secs(a.silent_hours))?;
-    print!("{}", summary_text(&page));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary_json(&page))?);
+    } else {
+        print!("{}", summary_text(&page));
+    }
     if let (Some(percent), Some(key), Some(dir)) = (a.halt_over, &a.halt_key, &a.orders_dir) {
         anyhow::ensure!((1..=100).contains(&percent), "--halt-over must be 1 to 100");
         let text = std::fs::read_to_string(key)
@@ -123,17 +270,162 @@ pub fn fleet(a: &FleetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn list(
+    conn: &rusqlite::Connection,
+    cycle: &Option<String>,
+    state: &Option<String>,
+    variant: &Option<String>,
+    label: &Option<String>,
+    json: bool,
+    cutoff: i64,
+) -> anyhow::Result<()> {
+    if state.as_deref() == Some("unaccepted") {
+        let keys = db::keys(conn, None, Some("unaccepted"))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&keys)?);
+        } else {
+            println!("{} key(s) wait for acceptance", keys.len());
+            for k in &keys {
+                println!(
+                    "{:<32} key {} variant {} reports {} first seen {} UTC",
+                    k.node_id,
+                    k.key_id,
+                    k.variant.as_deref().unwrap_or("-"),
+                    k.reports,
+                    dashboard::utc(k.first_seen)
+                );
+            }
+        }
+        return Ok(());
+    }
+    let filter = db::Filter::parse(variant.as_deref(), label.as_deref(), state.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    if let Some(c) = cycle {
+        anyhow::ensure!(
+            db::cycle(conn, c)?.is_some(),
+            "no report names cycle {c}; see 'fleet --db DB' for the cycles"
+        );
+    }
+    let (nodes, total) = db::nodes(conn, cycle.as_deref(), &filter, cutoff, usize::MAX >> 1)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "total": total, "nodes": nodes }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{total} node(s){}{}",
+        cycle
+            .as_ref()
+            .map(|c| format!(" in {c}"))
+            .unwrap_or_default(),
+        state.as_ref().map(|s| format!(", {s}")).unwrap_or_default()
+    );
+    for n in &nodes {
+        println!(
+            "{:<32} {:<14} {:<18} installed {:<12} {}",
+            n.node_id,
+            n.state,
+            n.variant,
+            n.installed_cycle.as_deref().unwrap_or("-"),
+            n.last_reason.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn show_node(conn: &rusqlite::Connection, id: &str, json: bool, cutoff: i64) -> anyhow::Result<()> {
+    let node = db::node(conn, id, cutoff)?;
+    let keys = db::keys(conn, Some(id), None)?;
+    anyhow::ensure!(
+        node.is_some() || !keys.is_empty(),
+        "no node {id} in the database; see 'fleet list'"
+    );
+    let hist = db::history(conn, id, 1000)?;
+    if json {
+        let v = serde_json::json!({
+            "node": node.as_ref().map(|(n, _)| n),
+            "keys": keys,
+            "history": hist,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match &node {
+        Some((n, _)) => println!(
+            "node {id}: {} ({}), installed {}, last seen {} UTC",
+            n.state,
+            n.variant,
+            n.installed_cycle.as_deref().unwrap_or("-"),
+            dashboard::utc(n.last_seen)
+        ),
+        None => println!("node {id}: not counted yet (no accepted key)"),
+    }
+    for k in &keys {
+        println!("  key {} {} ({} reports)", k.key_id, k.status, k.reports);
+    }
+    println!("  received (UTC)    node clock (UTC)  seq  cycle        command  exit state");
+    for r in &hist {
+        println!(
+            "  {}  {}  {:>4} {:<12} {:<8} {:>4} {}{} {}",
+            dashboard::utc(r.received),
+            dashboard::utc(r.node_time),
+            r.report_seq,
+            r.cycle.as_deref().unwrap_or("-"),
+            r.command,
+            r.exit_code,
+            r.state.as_deref().unwrap_or("-"),
+            if r.counted { "" } else { " (not counted)" },
+            r.reason
+        );
+    }
+    Ok(())
+}
+
+fn pct(n: u64, of: u64) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        n as f64 * 100.0 / of as f64
+    }
+}
+
+/// The summary as JSON: per cycle, counts by state and self-healing.
+pub fn summary_json(p: &dashboard::Page) -> serde_json::Value {
+    let cycles: Vec<serde_json::Value> = p
+        .cycles
+        .iter()
+        .map(|(c, n)| {
+            serde_json::json!({
+                "cycle": c.cycle,
+                "nodes": n.nodes,
+                "counts": n.by_state,
+                "hit_failure": n.hit_failure,
+                "self_healed": n.self_healed,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "nodes": p.fleet.nodes,
+        "unaccepted": p.unaccepted,
+        "latest": p.fleet.by_state,
+        "cycles": cycles,
+    })
+}
+
 /// The dashboard's summary table as plain text (80-column friendly per row).
 pub fn summary_text(p: &dashboard::Page) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "fleet: {} nodes, {} done, {} silent (not seen for {} h)",
+        "fleet: {} nodes, {} done, {} silent (not seen for {} h), {} unaccepted",
         p.fleet.nodes,
         p.fleet.get("done"),
         p.fleet.get("silent"),
-        p.silent_after / 3600
+        p.silent_after / 3600,
+        p.unaccepted
     );
     let cols = [
         ("done", "done"),
@@ -145,13 +437,14 @@ pub fn summary_text(p: &dashboard::Page) -> String {
         ("rolled-back", "rollb"),
         ("quarantined", "quar"),
         ("not-applicable", "n/a"),
+        ("superseded", "super"),
         ("silent", "silent"),
     ];
     let _ = write!(s, "{:<16} {:>6}", "cycle", "nodes");
     for (_, short) in cols {
         let _ = write!(s, " {short:>6}");
     }
-    let _ = writeln!(s, " {:>6}", "done%");
+    let _ = writeln!(s, " {:>6} {:>6}", "done%", "healed");
     let mut rows: Vec<(String, &db::Counts)> =
         p.cycles.iter().map(|(c, n)| (c.cycle.clone(), n)).collect();
     rows.push(("(latest state)".into(), &p.fleet));
@@ -160,15 +453,31 @@ pub fn summary_text(p: &dashboard::Page) -> String {
         for (st, _) in cols {
             let _ = write!(s, " {:>6}", n.get(st));
         }
-        let pct = if n.nodes == 0 {
-            0.0
-        } else {
-            n.get("done") as f64 * 100.0 / n.nodes as f64
-        };
-        let _ = writeln!(s, " {pct:>5.1}%");
+        let done = pct(n.get("done"), n.nodes);
+        let _ = writeln!(s, " {done:>5.1}% {:>6}", n.self_healed);
     }
     if p.cycles.is_empty() {
         s += "no cycle reported yet\n";
+    }
+    for (c, n) in &p.cycles {
+        if n.hit_failure > 0 {
+            let _ = writeln!(
+                s,
+                "{}: {} of {} nodes that hit a failure healed without an operator ({:.1}%)",
+                c.cycle,
+                n.self_healed,
+                n.hit_failure,
+                pct(n.self_healed, n.hit_failure)
+            );
+        }
+    }
+    if p.unaccepted > 0 {
+        let _ = writeln!(
+            s,
+            "{} node(s) wait for acceptance: 'fleet --db DB list --state unaccepted', then \
+             'fleet --db DB accept NODE'",
+            p.unaccepted
+        );
     }
     let _ = writeln!(s, "(summary query {:.1} ms)", p.summary_ms);
     s

@@ -22,8 +22,21 @@ pub const STATES: &[&str] = &[
     "rolled-back",
     "quarantined",
     "not-applicable",
+    "superseded",
     "silent",
 ];
+
+/// Oldest report time accepted (2020-01-01 UTC): a node clock before it is broken.
+pub const MIN_TIME: u64 = 1_577_836_800;
+/// How far ahead of the center's clock a node's clock may be.
+pub const MAX_AHEAD: u64 = 86_400;
+
+/// Commands whose reports are operator actions (they break a "self-healed" streak): a manual
+/// rollback, a carried-out signed order, a key list import. (`import` and `recover` also run
+/// automatically inside `run` and at every start, so they are not.)
+pub fn operator_action(command: &str) -> bool {
+    matches!(command, "rollback" | "keys") || command.starts_with("order")
+}
 
 /// What a state means, for the dashboard legend and `fleet`.
 pub fn state_help(s: &str) -> &'static str {
@@ -31,7 +44,9 @@ pub fn state_help(s: &str) -> &'static str {
         "done" => "installed (exit 0)",
         "ready" => "bundle fetched/verified, not applied yet",
         "deferred" => "waiting: no bundle, window or wave (exit 5)",
-        "pending" => "no report for this cycle yet",
+        "pending" => "node of this cycle's variant, not on it or newer yet",
+        "superseded" => "already on a newer cycle without an outcome for this one",
+        "unaccepted" => "node key not accepted yet: reports stored, not counted",
         "failed" => "install failed, node at its pre-patch state (exit 6)",
         "error" => "usage/config error (exit 1)",
         "rolled-back" => "health check failed, rolled back (exit 7)",
@@ -42,13 +57,16 @@ pub fn state_help(s: &str) -> &'static str {
     }
 }
 
-/// The node state an exit means. `None` (exit 8, locked) says nothing about the node.
+/// The node state an exit means. `None` says nothing about the node's state in the cycle:
+/// exit 8 (locked), and successful orders other than rollback (halt, resume), key list imports
+/// and recoveries (their effect shows in the next report).
 pub fn state_of(command: &str, exit_code: i32) -> Option<&'static str> {
     Some(match exit_code {
         0 => match command {
-            "rollback" => "rolled-back",
-            "fetch" | "verify" => "ready",
-            _ => "done",
+            "rollback" | "order-rollback" => "rolled-back",
+            "fetch" | "verify" | "import" => "ready",
+            "apply" | "run" => "done",
+            _ => return None,
         },
         2 | 3 => "quarantined",
         4 => "not-applicable",
@@ -60,7 +78,7 @@ pub fn state_of(command: &str, exit_code: i32) -> Option<&'static str> {
     })
 }
 
-/// One report as agents write it (`edgepatch::transport::report::Report::to_json`).
+/// One report as agents write it (`edgepatch::bundle::report::Report::to_json`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct WireReport {
     pub id: String,
@@ -87,15 +105,35 @@ pub struct WireReport {
     pub agent_version: String,
     pub time: u64,
     pub trusted_time: u64,
+    /// The node's report counter (0 from agents before it existed).
+    #[serde(default)]
+    pub report_seq: u64,
     #[serde(default)]
     pub dropped_before: u64,
 }
 
 impl WireReport {
     /// When it happened, as far as the node knows: the clock ratchet never goes back, the
-    /// system clock may be years behind after a dead RTC battery.
+    /// system clock may be years behind after a dead RTC battery. Shown, never used to order.
     pub fn event_time(&self) -> i64 {
         i64::try_from(self.time.max(self.trusted_time)).unwrap_or(i64::MAX)
+    }
+
+    /// The node's clock must be plausible: not before 2020, not more than a day ahead of `now`.
+    pub fn check_time(&self, now: i64) -> Result<(), String> {
+        let t = self.time.max(self.trusted_time);
+        let limit = u64::try_from(now).unwrap_or(0).saturating_add(MAX_AHEAD);
+        if t < MIN_TIME {
+            return Err(format!(
+                "time {t} is before 2020; set the node's clock (or let it fetch a bundle)"
+            ));
+        }
+        if t > limit {
+            return Err(format!(
+                "time {t} is more than a day ahead of the center ({now}); fix the node's clock"
+            ));
+        }
+        Ok(())
     }
 
     pub fn state(&self) -> Option<&'static str> {
@@ -144,9 +182,17 @@ impl WireReport {
             nonempty("label key", k, 64)?;
             check_str(&format!("label {k}"), v, 128, true)?;
         }
-        if !["apply", "fetch", "run", "rollback", "verify"].contains(&self.command.as_str()) {
+        // Every command the agent reports is stored (import, recover, order-*, keys, ...): a
+        // lowercase word; unknown ones just do not change a node's state.
+        if self.command.is_empty()
+            || self.command.len() > 32
+            || !self
+                .command
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'-')
+        {
             return Err(format!(
-                "command {:?}: want apply, fetch, run, rollback or verify",
+                "command {:?}: want a lowercase word such as apply, import or recover",
                 self.command.chars().take(32).collect::<String>()
             ));
         }
@@ -180,54 +226,119 @@ impl WireReport {
     }
 }
 
+/// A signed envelope whose signature checked: one node key, one node, its reports.
+#[derive(Debug)]
+pub struct Envelope {
+    pub pubkey: String,
+    pub node_id: Option<String>,
+    /// When the node wrote it (its clock, signed); bounds a USB export's receive time.
+    pub exported_at: u64,
+    pub status: Option<String>,
+    pub reports: Vec<WireReport>,
+}
+
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Batch {
+struct RawEnvelope {
+    format: String,
+    node_pubkey: String,
+    #[serde(default)]
+    exported_at: u64,
+    #[serde(default)]
+    status: Option<String>,
     reports: Vec<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TypedBatch {
-    reports: Vec<WireReport>,
+/// Why an envelope was refused: `Unsigned`/`BadSignature` are authenticity (401 / exit 3),
+/// `Invalid` is bad input (400 / exit 1).
+#[derive(Debug)]
+pub enum EnvelopeError {
+    Unsigned(String),
+    BadSignature(String),
+    Invalid(String),
 }
 
-/// Parse and check a POST body: `{"reports":[...]}`.
-pub fn parse_batch(body: &[u8]) -> Result<Vec<WireReport>, String> {
-    // Fast path: one typed parse. Only a body that fails it is parsed again, item by item, to
-    // say which report is wrong.
-    if let Ok(batch) = serde_json::from_slice::<TypedBatch>(body) {
-        if !batch.reports.is_empty() && batch.reports.len() <= MAX_REPORTS {
-            for (i, r) in batch.reports.iter().enumerate() {
-                r.check()
-                    .map_err(|e| format!("reports[{i}] ({}): {e}", short(&r.id)))?;
-            }
-            return Ok(batch.reports);
+impl std::fmt::Display for EnvelopeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnvelopeError::Unsigned(m)
+            | EnvelopeError::BadSignature(m)
+            | EnvelopeError::Invalid(m) => f.write_str(m),
         }
     }
-    let batch: Batch = serde_json::from_slice(body)
-        .map_err(|e| format!("body is not {{\"reports\":[...]}} JSON: {e}"))?;
-    if batch.reports.is_empty() {
-        return Err("reports is empty".into());
+}
+
+/// Check the node's signature (`SIGNATURE_TAG HEX` in `sig_line`) over the exact `body` bytes
+/// of an `edgepatch-export/1` envelope, then every report in it: same key, one node id, schema,
+/// and a plausible clock relative to `now` (the center's).
+pub fn open_envelope(body: &[u8], sig_line: &str, now: i64) -> Result<Envelope, EnvelopeError> {
+    use edgepatch::bundle::format::parse_hex;
+    use edgepatch::bundle::report::{EXPORT_FORMAT, SIGNATURE_TAG};
+    let bad = EnvelopeError::Invalid;
+    let sig = sig_line
+        .trim()
+        .strip_prefix(SIGNATURE_TAG)
+        .map(str::trim)
+        .and_then(parse_hex::<64>)
+        .ok_or_else(|| {
+            EnvelopeError::Unsigned(format!(
+                "no node signature: want '{SIGNATURE_TAG} <128 hex digits>'; \
+                 upgrade the agent (reports must be signed by the node key)"
+            ))
+        })?;
+    let raw: RawEnvelope = serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "body is not a signed report envelope ({EXPORT_FORMAT} JSON): {e}"
+        ))
+    })?;
+    if raw.format != EXPORT_FORMAT {
+        return Err(bad(format!(
+            "format {:?}, this center reads {EXPORT_FORMAT}; upgrade the center",
+            short(&raw.format)
+        )));
     }
-    if batch.reports.len() > MAX_REPORTS {
-        return Err(format!(
-            "{} reports in one request, at most {MAX_REPORTS}",
-            batch.reports.len()
-        ));
+    let key: [u8; 32] = parse_hex(&raw.node_pubkey)
+        .ok_or_else(|| bad("node_pubkey must be 64 hex digits".into()))?;
+    ed25519_compact::PublicKey::new(key)
+        .verify(body, &ed25519_compact::Signature::new(sig))
+        .map_err(|_| {
+            EnvelopeError::BadSignature(format!(
+                "signature does not match the body under node key {}; nothing stored",
+                &raw.node_pubkey[..16]
+            ))
+        })?;
+    if raw.reports.len() > MAX_REPORTS {
+        return Err(bad(format!(
+            "{} reports in one envelope, at most {MAX_REPORTS}",
+            raw.reports.len()
+        )));
     }
-    batch
-        .reports
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let r: WireReport =
-                serde_json::from_value(v).map_err(|e| format!("reports[{i}]: {e}"))?;
-            r.check()
-                .map_err(|e| format!("reports[{i}] ({}): {e}", short(&r.id)))?;
-            Ok(r)
-        })
-        .collect()
+    let mut node_id: Option<String> = None;
+    let mut reports = Vec::with_capacity(raw.reports.len());
+    for (i, v) in raw.reports.into_iter().enumerate() {
+        let r: WireReport =
+            serde_json::from_value(v).map_err(|e| bad(format!("reports[{i}]: {e}")))?;
+        let at = |e: String| bad(format!("reports[{i}] ({}): {e}", short(&r.id)));
+        r.check().map_err(at)?;
+        r.check_time(now).map_err(at)?;
+        if r.node_pubkey != raw.node_pubkey {
+            return Err(at("names another node key than the envelope".into()));
+        }
+        match &node_id {
+            None => node_id = Some(r.node_id.clone()),
+            Some(n) if *n != r.node_id => {
+                return Err(at(format!("node {} in an envelope of node {n}", r.node_id)))
+            }
+            Some(_) => {}
+        }
+        reports.push(r);
+    }
+    Ok(Envelope {
+        pubkey: raw.node_pubkey,
+        node_id,
+        exported_at: raw.exported_at,
+        status: raw.status,
+        reports,
+    })
 }
 
 fn short(s: &str) -> String {
@@ -238,7 +349,7 @@ fn short(s: &str) -> String {
 mod tests {
     use super::*;
 
-    pub fn sample() -> WireReport {
+    fn sample() -> WireReport {
         WireReport {
             id: "n1-1-1-0".into(),
             node_id: "n1".into(),
@@ -258,6 +369,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             time: 10,
             trusted_time: 20,
+            report_seq: 0,
             dropped_before: 0,
         }
     }
@@ -267,6 +379,12 @@ mod tests {
         assert_eq!(state_of("apply", 0), Some("done"));
         assert_eq!(state_of("verify", 0), Some("ready"));
         assert_eq!(state_of("rollback", 0), Some("rolled-back"));
+        assert_eq!(state_of("order-rollback", 0), Some("rolled-back"));
+        assert_eq!(state_of("order-halt", 0), None);
+        assert_eq!(state_of("import", 0), Some("ready"));
+        assert_eq!(state_of("import", 2), Some("quarantined"));
+        assert_eq!(state_of("recover", 0), None);
+        assert!(operator_action("order-resume") && !operator_action("import"));
         assert_eq!(state_of("apply", 5), Some("deferred"));
         assert_eq!(state_of("apply", 2), Some("quarantined"));
         assert_eq!(state_of("apply", 3), Some("quarantined"));
@@ -277,53 +395,98 @@ mod tests {
         assert_eq!(state_of("apply", 1), Some("error"));
     }
 
-    #[test]
-    fn agent_json_parses() {
-        let r = edgepatch::transport::report::Report {
+    fn signed(reports: &[String], seed: u8) -> (String, String, String) {
+        let kp = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([seed; 32]));
+        let (body, sig) = edgepatch::bundle::report::envelope(&kp, reports, None);
+        (body, sig, edgepatch::bundle::format::hex(kp.pk.as_ref()))
+    }
+
+    fn agent_report(code: i32) -> edgepatch::bundle::report::Report {
+        edgepatch::bundle::report::Report {
             id: "n1-5-1-0".into(),
             node_id: "n1".into(),
             variant: "v".into(),
             labels: vec![("role".into(), "till".into())],
             command: "apply".into(),
             cycle: Some("c1".into()),
-            exit_code: 6,
+            exit_code: code,
             result: "install-failed".into(),
             reason: "dpkg: \"x\" failed".into(),
             timings_ms: vec![("install".into(), 5)],
             agent_version: "0.1.0".into(),
+            time: 1_700_000_000,
             ..Default::default()
-        };
-        let body = format!("{{\"reports\":[{}]}}", r.to_json(&"cd".repeat(32), 3));
-        let got = parse_batch(body.as_bytes()).unwrap();
-        assert_eq!(got[0].exit_code, 6);
-        assert_eq!(got[0].dropped_before, 3);
-        assert_eq!(got[0].labels["role"], "till");
-        assert_eq!(got[0].reason, "dpkg: \"x\" failed");
+        }
     }
 
     #[test]
-    fn bad_input_names_the_field() {
-        assert!(parse_batch(b"not json")
-            .unwrap_err()
-            .contains("not {\"reports\""));
-        assert!(parse_batch(b"{\"reports\":[]}")
-            .unwrap_err()
-            .contains("empty"));
-        let mut r = sample();
-        r.node_pubkey = "xyz".into();
-        let body = serde_json::to_string(&serde_json::json!({ "reports": [sample(), r] })).unwrap();
-        let e = parse_batch(body.as_bytes()).unwrap_err();
-        assert!(
-            e.starts_with("reports[1]") && e.contains("node_pubkey"),
-            "{e}"
+    fn agent_envelope_opens() {
+        let pk = signed(&[], 7).2;
+        let r = agent_report(6).to_json_seq(&pk, 9, 3);
+        let (body, sig, _) = signed(&[r], 7);
+        let env = open_envelope(body.as_bytes(), &sig, 1_700_000_100).unwrap();
+        let got = &env.reports[0];
+        assert_eq!(
+            (got.exit_code, got.report_seq, got.dropped_before),
+            (6, 9, 3)
         );
+        assert_eq!(got.labels["role"], "till");
+        assert_eq!(got.reason, "dpkg: \"x\" failed");
+        assert_eq!(env.node_id.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn bad_envelopes_name_the_problem() {
+        let pk = signed(&[], 7).2;
+        let r = agent_report(0).to_json(&pk, 0);
+        let (body, sig, _) = signed(std::slice::from_ref(&r), 7);
+        let now = 1_700_000_100;
+        // Unsigned, tampered, signed by another key than it names.
+        assert!(matches!(
+            open_envelope(body.as_bytes(), "", now),
+            Err(EnvelopeError::Unsigned(_))
+        ));
+        let tampered = body.replace("\"exit_code\":0", "\"exit_code\":6");
+        assert!(matches!(
+            open_envelope(tampered.as_bytes(), &sig, now),
+            Err(EnvelopeError::BadSignature(_))
+        ));
+        let (other, osig, _) = signed(std::slice::from_ref(&r), 8);
+        let e = open_envelope(other.as_bytes(), &osig, now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another node key"), "{e}");
+        // Clocks: far future, before 2020.
+        let future = agent_report(0);
+        let mut f = future.clone();
+        f.time = now as u64 + 2 * 86_400;
+        let (b, s, _) = signed(&[f.to_json(&pk, 0)], 7);
+        let e = open_envelope(b.as_bytes(), &s, now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than a day ahead"), "{e}");
+        let mut old = future;
+        old.time = 1000;
+        let (b, s, _) = signed(&[old.to_json(&pk, 0)], 7);
+        let e = open_envelope(b.as_bytes(), &s, now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("before 2020"), "{e}");
+        // Every agent command is accepted; junk is not.
+        let mut imp = agent_report(2);
+        imp.command = "import".into();
+        let (b, s, _) = signed(&[imp.to_json(&pk, 0)], 7);
+        assert!(open_envelope(b.as_bytes(), &s, now).is_ok());
+        let mut r = sample();
+        r.command = "'; DROP TABLE".into();
+        assert!(r.check().unwrap_err().contains("command"));
         let mut r = sample();
         r.node_id = "a b".into();
         assert!(r.check().unwrap_err().contains("node_id"));
         let mut r = sample();
         r.reason = "x".repeat(5000);
         assert!(r.check().unwrap_err().contains("reason is 5000 bytes"));
-        let body = br#"{"reports":[{"id":"x"}]}"#;
-        assert!(parse_batch(body).unwrap_err().contains("missing field"));
+        let e = open_envelope(b"not json", &s, now).unwrap_err().to_string();
+        assert!(e.contains("not a signed report envelope"), "{e}");
     }
 }

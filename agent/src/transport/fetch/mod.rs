@@ -162,9 +162,17 @@ fn carry_out_orders(
             );
             continue;
         };
-        match crate::node::rollback::carry_out_order(ctx, &path, info) {
+        // Each order is its own outcome, reported as order-<kind>.
+        let mut done = RunInfo::default();
+        let result = crate::node::rollback::carry_out_order(ctx, &path, &mut done);
+        match &result {
             Ok(msg) => log::warn!("order {}: {msg}", order.file),
             Err(e) => log::warn!("order {}: {e}", order.file),
+        }
+        let command = done.command.clone().unwrap_or_else(|| "order".into());
+        finish(ctx, &command, &result, &done);
+        if info.restored.is_none() {
+            info.restored = done.restored;
         }
     }
 }

@@ -15,120 +15,39 @@
 //! sha256(cycle), or `none`) groups them by cycle without parsing JSON. The JSON is written here
 //! and always ends with `"dropped_before":N}` so compaction can update that one field.
 
+mod deliver;
+mod export;
+
+pub use crate::bundle::report::*;
+pub use deliver::{flush, probe, rejected, retry_rejected};
+#[cfg(test)]
+use export::json_str_field;
+pub use export::{export_status, metrics_text, write_metrics};
+
 use crate::bundle::format::{hex, sha256};
 use crate::bundle::keys;
 use crate::support::fsutil::{create_dir_mode, sync_dir, write_atomic};
-use crate::support::json;
 use ed25519_compact::{KeyPair, Seed};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::Duration;
 
 /// Reports kept in the spool before it is compacted.
 pub const SPOOL_CAP: usize = 500;
 /// Reports per POST.
 pub const BATCH: usize = 100;
-/// A reason longer than this is cut (the center refuses longer strings anyway).
-pub const MAX_REASON: usize = 1000;
 /// Undeliverable reports (refused by the center with a 4xx) kept for a technician.
 pub const REJECTED_KEEP: usize = 50;
 
 pub const SPOOL_DIR: &str = "spool";
 pub const REJECTED_DIR: &str = "spool-rejected";
 pub const NODE_KEY_FILE: &str = "node.key";
-pub const NODE_PUB_FILE: &str = "node.pub";
 pub const STATUS_FILE: &str = "status.json";
-pub const EXPORT_FORMAT: &str = "edgepatch-export/1";
-pub const EXPORT_JSON: &str = "export.json";
-pub const EXPORT_SIG: &str = "export.sig";
-pub const SIGNATURE_TAG: &str = "edgepatch-ed25519-signature";
-
-/// One outcome of one agent run, as sent to the center.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Report {
-    /// Unique: see [`new_id`].
-    pub id: String,
-    pub node_id: String,
-    pub variant: String,
-    pub labels: Vec<(String, String)>,
-    /// apply | fetch | run | rollback | verify
-    pub command: String,
-    pub cycle: Option<String>,
-    pub sequence: Option<u64>,
-    pub exit_code: i32,
-    /// `error::Exit::word()`
-    pub result: String,
-    /// One line.
-    pub reason: String,
-    pub timings_ms: Vec<(String, u64)>,
-    pub snapshot_id: Option<String>,
-    pub installed_cycle: Option<String>,
-    pub installed_sequence: Option<u64>,
-    pub agent_version: String,
-    /// Unix seconds, system clock.
-    pub time: u64,
-    /// Unix seconds, the clock ratchet (never goes back).
-    pub trusted_time: u64,
-}
-
-/// A report id: node id, unix millis, process id and a per-process counter.
-pub fn new_id(node_id: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{node_id}-{millis}-{}-{n}", std::process::id())
-}
-
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-impl Report {
-    /// The wire form. `dropped_before` is always the last key (see the module docs).
-    pub fn to_json(&self, node_pubkey: &str, dropped_before: u64) -> String {
-        let mut labels = json::Object::new();
-        for (k, v) in &self.labels {
-            labels = labels.str(k, v);
-        }
-        let mut timings = json::Object::new();
-        for (k, v) in &self.timings_ms {
-            timings = timings.num(k, *v);
-        }
-        let reason = self.reason.replace(['\n', '\r'], " ");
-        json::Object::new()
-            .str("id", &self.id)
-            .str("node_id", &self.node_id)
-            .str("node_pubkey", node_pubkey)
-            .str("variant", &self.variant)
-            .raw("labels", &labels.finish())
-            .str("command", &self.command)
-            .opt_str("cycle", self.cycle.as_deref())
-            .opt_num("sequence", self.sequence)
-            .num("exit_code", self.exit_code)
-            .str("result", &self.result)
-            .str("reason", cut(&reason, MAX_REASON))
-            .raw("timings_ms", &timings.finish())
-            .opt_str("snapshot_id", self.snapshot_id.as_deref())
-            .opt_str("installed_cycle", self.installed_cycle.as_deref())
-            .opt_num("installed_sequence", self.installed_sequence)
-            .str("agent_version", &self.agent_version)
-            .num("time", self.time)
-            .num("trusted_time", self.trusted_time)
-            .num("dropped_before", dropped_before)
-            .finish()
-    }
-}
+/// The node's report counter (`state_dir/report-seq`): the center orders a node's reports by it.
+pub const REPORT_SEQ_FILE: &str = "report-seq";
+/// Why the center refused a report: `spool-rejected/NAME.why` beside `NAME`.
+pub const WHY_SUFFIX: &str = ".why";
 
 /// What `flush` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -146,7 +65,7 @@ pub struct FlushStats {
 
 /// The node's own signing key, `state_dir/node.key` (0600), created from /dev/urandom at first
 /// use, with `node.pub` beside it. A damaged key file is an error, never silently replaced: the
-/// center has pinned the old public key.
+/// center has accepted the old public key.
 pub fn node_key(state_dir: &Path) -> io::Result<KeyPair> {
     let path = state_dir.join(NODE_KEY_FILE);
     match std::fs::read_to_string(&path) {
@@ -155,7 +74,7 @@ pub fn node_key(state_dir: &Path) -> io::Result<KeyPair> {
             let sk = keys::parse_secret(&text, &origin).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{e}; remove it to make a new key, then unpin the node at the center"),
+                    format!("{e}; remove it to make a new key, then accept the node again at the center"),
                 )
             })?;
             Ok(KeyPair {
@@ -273,12 +192,31 @@ pub fn spool_with_cap(state_dir: &Path, r: &Report, cap: usize) -> io::Result<()
     let seq = list.last().map_or(1, |e| e.seq + 1);
     let name = format!("{seq:010}-{}.json", cycle_key(r.cycle.as_deref()));
     let path = dir.join(name);
-    write_atomic(&path, r.to_json(&hex(kp.pk.as_ref()), 0).as_bytes(), false)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let report_seq = next_report_seq(state_dir)?;
+    write_atomic(
+        &path,
+        r.to_json_seq(&hex(kp.pk.as_ref()), report_seq, 0)
+            .as_bytes(),
+        false,
+    )
+    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     if list.len() + 1 > cap {
         compact(&dir, cap)?;
     }
     Ok(())
+}
+
+/// The next value of the node's report counter (1, 2, ...; persisted before use, never reused).
+fn next_report_seq(state_dir: &Path) -> io::Result<u64> {
+    let path = state_dir.join(REPORT_SEQ_FILE);
+    let last: u64 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let next = last.saturating_add(1);
+    write_atomic(&path, format!("{next}\n").as_bytes(), false)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    Ok(next)
 }
 
 /// Bring the spool down to at most `cap` reports (at least one, the newest, always stays).
@@ -336,322 +274,6 @@ fn compact(dir: &Path, cap: usize) -> io::Result<()> {
     sync_dir(dir)?;
     log::warn!("report spool over {cap}: compacted, {dropped_total} old reports counted, not kept");
     Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Delivery
-
-enum Post {
-    Delivered,
-    /// The center refused this input (4xx): sending it again will not help.
-    Refused(String),
-    /// Network down, 5xx, ...: try again next run.
-    Retry(String),
-}
-
-fn post(agent: &ureq::Agent, url: &str, body: &str) -> Post {
-    match agent
-        .post(url)
-        .header("Content-Type", "application/json")
-        .send(body.as_bytes())
-    {
-        Ok(mut resp) => {
-            let status = resp.status().as_u16();
-            let text = resp
-                .body_mut()
-                .with_config()
-                .limit(2048)
-                .read_to_string()
-                .unwrap_or_default();
-            let text = cut(text.trim(), 200).replace(['\n', '\r'], " ");
-            match status {
-                200..=299 => Post::Delivered,
-                408 | 429 => Post::Retry(format!("{url}: HTTP {status} {text}")),
-                400..=499 => Post::Refused(format!("{url}: HTTP {status} {text}")),
-                _ => Post::Retry(format!("{url}: HTTP {status} {text}")),
-            }
-        }
-        Err(e) => Post::Retry(format!("{url}: {e}")),
-    }
-}
-
-fn body_of(texts: &[String]) -> String {
-    format!("{{\"reports\":[{}]}}", texts.join(","))
-}
-
-fn reject(state_dir: &Path, e: &Entry, why: &str) -> io::Result<()> {
-    let dir = state_dir.join(REJECTED_DIR);
-    if !dir.is_dir() {
-        create_dir_mode(&dir, 0o700)?;
-    }
-    let name = e.path.file_name().unwrap_or_default();
-    log::warn!("center refused report {}: {why}", name.to_string_lossy());
-    std::fs::rename(&e.path, dir.join(name))?;
-    let mut old = entries(&dir)?;
-    while old.len() > REJECTED_KEEP {
-        let e = old.remove(0);
-        std::fs::remove_file(&e.path)?;
-    }
-    Ok(())
-}
-
-/// POST the spool to `report_url`, oldest first, in batches of at most [`BATCH`]. Delivered
-/// reports are removed. A batch the center refuses with a 4xx is resent one report at a time so
-/// one bad report cannot block the others; a report refused on its own moves to
-/// `spool-rejected/`. Err when the center could not be reached (the reports stay for next time).
-pub fn flush(state_dir: &Path, report_url: &str, timeout: Duration) -> Result<FlushStats, String> {
-    let dir = state_dir.join(SPOOL_DIR);
-    let list = entries(&dir).map_err(|e| e.to_string())?;
-    let mut stats = FlushStats {
-        remaining: list.len(),
-        ..FlushStats::default()
-    };
-    if list.is_empty() {
-        return Ok(stats);
-    }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let io_err = |e: io::Error| format!("{}: {e}", dir.display());
-    for chunk in list.chunks(BATCH) {
-        let mut batch: Vec<(&Entry, String)> = Vec::new();
-        for e in chunk {
-            match std::fs::read_to_string(&e.path) {
-                Ok(t) => batch.push((e, t)),
-                Err(err) if err.kind() == io::ErrorKind::NotFound => stats.remaining -= 1,
-                Err(err) => return Err(format!("{}: {err}", e.path.display())),
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let texts: Vec<String> = batch.iter().map(|(_, t)| t.clone()).collect();
-        match post(&agent, report_url, &body_of(&texts)) {
-            Post::Delivered => {
-                for (e, _) in &batch {
-                    std::fs::remove_file(&e.path).map_err(io_err)?;
-                }
-                stats.delivered += batch.len();
-                stats.remaining -= batch.len();
-            }
-            Post::Retry(msg) => {
-                sync_dir(&dir).map_err(io_err)?;
-                return Err(format!(
-                    "{msg}; {} report(s) stay in the spool for the next run",
-                    stats.remaining
-                ));
-            }
-            Post::Refused(msg) => {
-                log::warn!("center refused a batch of {}: {msg}", batch.len());
-                for (e, text) in &batch {
-                    match post(&agent, report_url, &body_of(std::slice::from_ref(text))) {
-                        Post::Delivered => {
-                            std::fs::remove_file(&e.path).map_err(io_err)?;
-                            stats.delivered += 1;
-                        }
-                        Post::Refused(why) => {
-                            reject(state_dir, e, &why).map_err(io_err)?;
-                            stats.rejected += 1;
-                        }
-                        Post::Retry(msg) => {
-                            sync_dir(&dir).map_err(io_err)?;
-                            return Err(format!(
-                                "{msg}; {} report(s) stay in the spool for the next run",
-                                stats.remaining
-                            ));
-                        }
-                    }
-                    stats.remaining -= 1;
-                }
-            }
-        }
-    }
-    sync_dir(&dir).map_err(io_err)?;
-    Ok(stats)
-}
-
-// ---------------------------------------------------------------------------------------------
-// USB export
-
-/// The value of a top-level string field in JSON this module wrote (for naming only).
-fn json_str_field(text: &str, key: &str) -> Option<String> {
-    let pat = format!("\"{key}\":\"");
-    let start = text.find(&pat)? + pat.len();
-    let mut out = String::new();
-    let mut chars = text[start..].chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return Some(out),
-            '\\' => out.push(chars.next()?),
-            c => out.push(c),
-        }
-    }
-    None
-}
-
-/// Write `out_dir/edgepatch-export-NODE-UNIXTIME/` holding `export.json` (the spooled reports and
-/// `status.json`), `export.sig` (Ed25519 by the node key over the exact bytes of export.json)
-/// and `node.pub`. The spool is kept: reports exported and later POSTed are counted once.
-pub fn export_status(state_dir: &Path, out_dir: &Path) -> Result<PathBuf, String> {
-    let kp = node_key(state_dir).map_err(|e| e.to_string())?;
-    let list = entries(&state_dir.join(SPOOL_DIR)).map_err(|e| e.to_string())?;
-    let mut reports = Vec::new();
-    for e in &list {
-        match std::fs::read_to_string(&e.path) {
-            Ok(t) => reports.push(t),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(format!("{}: {err}", e.path.display())),
-        }
-    }
-    let status_path = state_dir.join(STATUS_FILE);
-    let status = match std::fs::read_to_string(&status_path) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("{}: {e}", status_path.display())),
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let node = reports
-        .last()
-        .and_then(|r| json_str_field(r, "node_id"))
-        .unwrap_or_else(|| hex(&keys::key_id(&kp.pk)));
-    let body = json::Object::new()
-        .str("format", EXPORT_FORMAT)
-        .str("node_pubkey", &hex(kp.pk.as_ref()))
-        .num("exported_at", now)
-        .opt_str("status", status.as_deref())
-        .raw("reports", &json::array(reports.iter().cloned()))
-        .finish();
-    let sig = kp.sk.sign(body.as_bytes(), None);
-    let safe: String = node
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(100)
-        .collect();
-    let name = format!("edgepatch-export-{safe}-{now}");
-    let target = out_dir.join(&name);
-    let tmp = out_dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> io::Result<()> {
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
-        std::fs::create_dir(&tmp)?;
-        write_atomic(&tmp.join(EXPORT_JSON), body.as_bytes(), false)?;
-        let sig_text = format!("{SIGNATURE_TAG} {}\n", hex(sig.as_ref()));
-        write_atomic(&tmp.join(EXPORT_SIG), sig_text.as_bytes(), false)?;
-        write_atomic(
-            &tmp.join(NODE_PUB_FILE),
-            keys::public_text(&kp.pk).as_bytes(),
-            false,
-        )?;
-        if target.exists() {
-            std::fs::remove_dir_all(&target)?;
-        }
-        std::fs::rename(&tmp, &target)?;
-        sync_dir(out_dir)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_dir_all(&tmp);
-        format!(
-            "export to {}: {e}; is the USB stick mounted and writable?",
-            out_dir.display()
-        )
-    })?;
-    log::info!(
-        "exported {} report(s) and {} to {}",
-        reports.len(),
-        if status.is_some() {
-            "status.json"
-        } else {
-            "no status"
-        },
-        target.display()
-    );
-    Ok(target)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Prometheus textfile
-
-fn prom_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Render the node_exporter textfile for one report.
-pub fn metrics_text(r: &Report) -> String {
-    let ident = format!(
-        "node_id=\"{}\",variant=\"{}\"",
-        prom_label(&r.node_id),
-        prom_label(&r.variant)
-    );
-    let mut s = String::new();
-    let mut metric = |name: &str, help: &str, labels: &str, value: String| {
-        s += &format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}\n");
-    };
-    metric(
-        "edgepatch_last_run_exit_code",
-        "Exit code of the last edgepatch run (0 ok, see README).",
-        &format!(
-            "{ident},command=\"{}\",result=\"{}\"",
-            prom_label(&r.command),
-            prom_label(&r.result)
-        ),
-        r.exit_code.to_string(),
-    );
-    metric(
-        "edgepatch_last_run_timestamp_seconds",
-        "Unix time of the last edgepatch run.",
-        &ident,
-        r.time.to_string(),
-    );
-    metric(
-        "edgepatch_last_run_success",
-        "1 when the last run exited 0.",
-        &ident,
-        u8::from(r.exit_code == 0).to_string(),
-    );
-    if let Some(seq) = r.installed_sequence {
-        metric(
-            "edgepatch_installed_sequence",
-            "Sequence of the installed bundle.",
-            &format!(
-                "{ident},cycle=\"{}\"",
-                prom_label(r.installed_cycle.as_deref().unwrap_or(""))
-            ),
-            seq.to_string(),
-        );
-    }
-    if !r.timings_ms.is_empty() {
-        s += "# HELP edgepatch_last_run_step_seconds Duration of each step of the last run.\n";
-        s += "# TYPE edgepatch_last_run_step_seconds gauge\n";
-        for (step, ms) in &r.timings_ms {
-            s += &format!(
-                "edgepatch_last_run_step_seconds{{{ident},step=\"{}\"}} {}.{:03}\n",
-                prom_label(step),
-                ms / 1000,
-                ms % 1000
-            );
-        }
-    }
-    s
-}
-
-/// Write the Prometheus textfile atomically (node_exporter must never read half a file).
-pub fn write_metrics(path: &Path, r: &Report) -> io::Result<()> {
-    write_atomic(path, metrics_text(r).as_bytes(), false)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -853,8 +475,10 @@ mod tests {
         );
         let b = bodies.lock().unwrap();
         assert_eq!(b.len(), 4, "one refused try, then 100+100+50");
-        assert_eq!(b[1].matches("\"node_pubkey\"").count(), 100);
-        assert!(b[3].starts_with("{\"reports\":[{"));
+        // 100 reports plus the envelope's own key.
+        assert_eq!(b[1].matches("\"node_pubkey\"").count(), 101);
+        assert!(b[1].starts_with("{\"format\":\"edgepatch-export/1\""));
+
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -872,6 +496,11 @@ mod tests {
         assert_eq!(stats.remaining, 0);
         assert_eq!(bodies.lock().unwrap().len(), 4);
         assert_eq!(entries(&d.join(REJECTED_DIR)).unwrap().len(), 1);
+        let why = rejected(&d).unwrap();
+        assert_eq!(why.len(), 1);
+        assert!(why[0].1.contains("HTTP 422"), "{why:?}");
+        assert_eq!(retry_rejected(&d).unwrap(), 1);
+        assert_eq!((pending(&d).unwrap(), rejected(&d).unwrap().len()), (1, 0));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
