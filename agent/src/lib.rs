@@ -22,6 +22,7 @@ pub mod lock;
 pub mod logger;
 pub mod pkg;
 pub mod policy;
+pub mod preserve;
 pub mod report;
 pub mod rollback;
 pub mod run;
