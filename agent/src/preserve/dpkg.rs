@@ -70,6 +70,8 @@ pub struct DebPlan {
     /// (control member name, file in info/)
     info: Vec<(&'static str, PathBuf)>,
     items: Vec<Item>,
+    /// Active conffiles: (path, recorded md5).
+    pub conffiles_md5: Vec<(String, String)>,
     /// Listed paths not on disk, or of a kind a .deb cannot carry (left out, with a warning).
     pub missing: Vec<String>,
     identity: [u8; 32],
@@ -107,9 +109,11 @@ pub fn plan_deb(root: &Path, name: &str, arch: Option<&str>) -> Result<DebPlan> 
     let mut conf_md5 = HashMap::new();
     let mut skip = HashSet::new();
     let mut conffiles = String::new();
+    let mut conffiles_md5 = Vec::new();
     for (p, sum, flag) in db::conffiles(&stanza) {
         if flag.is_empty() {
             conffiles += &format!("{p}\n");
+            conffiles_md5.push((p.clone(), sum.clone()));
             conf_md5.insert(p, sum);
         } else {
             log::warn!("{package}: leaving out {flag} conffile {p}");
@@ -220,6 +224,7 @@ pub fn plan_deb(root: &Path, name: &str, arch: Option<&str>) -> Result<DebPlan> 
         conffiles,
         info,
         items,
+        conffiles_md5,
         missing,
         identity: [0; 32],
     };
@@ -358,6 +363,7 @@ impl DebPlan {
             bytes,
             changed,
             missing: self.missing.clone(),
+            conffiles: self.conffiles_md5.clone(),
             reused: false,
         })
     }
@@ -483,6 +489,7 @@ pub fn repack_deb_cached(
                 bytes: m.len(),
                 changed: Vec::new(),
                 missing: plan.missing,
+                conffiles: plan.conffiles_md5,
                 reused: true,
             });
         }

@@ -41,6 +41,10 @@ pub struct Repacked {
     pub changed: Vec<String>,
     /// Listed files that are not on disk (left out, as dpkg-repack does).
     pub missing: Vec<String>,
+    /// The Conffiles record before the repack: (path, md5 of the version the package shipped).
+    /// Installing the repacked package records the admin's text as shipped instead; putting
+    /// these back into the status file keeps later upgrades prompting as before.
+    pub conffiles: Vec<(String, String)>,
     /// True when an identical cached copy was reused instead of packing again.
     pub reused: bool,
 }
