@@ -311,3 +311,112 @@ fn a_diverted_file_is_taken_from_where_it_really_is() {
         "#!/bin/sh\necho 1.0\n"
     );
 }
+
+/// The cached Debian 12 minbase image tarball, built on first use; None (and a loud message)
+/// when it cannot be built here (no root, no debootstrap, no archive).
+fn image() -> Option<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/image/build-image.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("amd64")
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && Path::new(&path).is_file() {
+        return Some(PathBuf::from(path));
+    }
+    eprintln!(
+        "\n*** SKIPPED: no Debian 12 image ({}): {}\n",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    None
+}
+
+fn query(root: &Path, pkg: &str) -> String {
+    out_of(
+        Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                root.join("var/lib/dpkg").display()
+            ))
+            .args(["-W", "-f", "${Version} ${db:Status-Abbrev}", pkg]),
+    )
+}
+
+#[test]
+fn real_image_packages_repack_and_reinstall_inside_the_image() {
+    if !need_dpkg() || cfg!(not(target_arch = "x86_64")) {
+        return;
+    }
+    if !(have("unshare") && have("chroot")) || out_of(Command::new("id").arg("-u")).trim() != "0" {
+        eprintln!("\n*** SKIPPED: the real-image test needs root, unshare and chroot\n");
+        return;
+    }
+    let Some(tarball) = image() else { return };
+    let s = Scratch::new("preserve-image");
+    let root = s.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    run(Command::new("tar")
+        .args(["--numeric-owner", "-xf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&root))
+    .expect(0);
+    // An admin's edit of a conffile must survive the round trip.
+    let pam = root.join("etc/pam.conf");
+    let mut conf = std::fs::read_to_string(&pam).unwrap();
+    conf += "# edited by the admin\n";
+    std::fs::write(&pam, &conf).unwrap();
+
+    let pkgs = [
+        "zlib1g",
+        "libpam-runtime",
+        "tzdata",
+        "base-files",
+        "coreutils",
+    ];
+    let out = root.join("tmp/preserve");
+    let before: Vec<String> = pkgs.iter().map(|p| query(&root, p)).collect();
+    let debs: Vec<Repacked> = pkgs.iter().map(|p| repack(&root, p, &out)).collect();
+
+    if have("dpkg-repack") {
+        let theirs = s.join("dpkg-repack");
+        std::fs::create_dir_all(&theirs).unwrap();
+        run(Command::new("dpkg-repack")
+            .arg(format!("--root={}", root.display()))
+            .arg("--tag=none")
+            .args(pkgs)
+            .current_dir(&theirs))
+        .expect(0);
+        for r in &debs {
+            let name = r.path.file_name().unwrap();
+            let t = theirs.join(name);
+            assert_eq!(fields(&r.path), fields(&t), "control of {name:?}");
+            assert_eq!(files(&r.path), files(&t), "files of {name:?}");
+        }
+    } else {
+        eprintln!("\n*** not compared with dpkg-repack: not installed (scripts/test-deps.sh)\n");
+    }
+
+    let install = "mount -t proc proc /proc && DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/preserve/*.deb && dpkg --audit";
+    let r = run(Command::new("unshare")
+        .args(["--mount", "--net", "--fork", "chroot"])
+        .arg(&root)
+        .args(["/bin/sh", "-c", install])
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
+    .expect(0);
+    assert!(!r.stdout.contains("dpkg --audit"), "{}", r.stdout);
+    let audit = run(Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .arg("--audit"))
+    .expect(0);
+    assert!(
+        audit.stdout.trim().is_empty(),
+        "dpkg --audit: {}",
+        audit.stdout
+    );
+    let after: Vec<String> = pkgs.iter().map(|p| query(&root, p)).collect();
+    assert_eq!(before, after);
+    assert_eq!(std::fs::read_to_string(&pam).unwrap(), conf);
+}
