@@ -5,7 +5,6 @@
 
 use super::{err, ioerr};
 use crate::error::Result;
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -136,31 +135,58 @@ pub fn lines(path: &Path) -> Result<Vec<String>> {
     }
 }
 
+/// A sorted lookup of `key\nvalue` rows (or bare keys). A HashMap would cost the static agent
+/// its hashing code; '\n' sorts below every path byte, so row order is key order.
+#[derive(Debug, Default)]
+pub struct Table(Vec<String>);
+
+impl Table {
+    pub fn new(mut rows: Vec<String>) -> Table {
+        rows.sort_unstable();
+        rows.dedup();
+        Table(rows)
+    }
+
+    fn key(row: &str) -> &str {
+        row.split('\n').next().unwrap_or_default()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let i = self.0.partition_point(|r| Table::key(r) < key);
+        let row = self.0.get(i)?;
+        (Table::key(row) == key).then(|| row.split_once('\n').map_or("", |x| x.1))
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+}
+
 /// `md5sums` of a package: absolute path -> hex digest.
-pub fn md5sums(base: &Path) -> Result<HashMap<String, String>> {
-    let mut m = HashMap::new();
+pub fn md5sums(base: &Path) -> Result<Table> {
+    let mut rows = Vec::new();
     for l in lines(&info_file(base, "md5sums"))? {
         if let Some((sum, path)) = l.split_once("  ").or_else(|| l.split_once(' ')) {
             let path = path.trim_start_matches(['*', '/']);
-            m.insert(format!("/{path}"), sum.trim().to_ascii_lowercase());
+            rows.push(format!("/{path}\n{}", sum.trim().to_ascii_lowercase()));
         }
     }
-    Ok(m)
+    Ok(Table::new(rows))
 }
 
 /// Diversions of paths *away from* `pkg`: original path -> where the package's file really is
 /// (diversions by other packages or local ones, `dpkg-divert` without --package).
-pub fn diversions(root: &Path, pkg: &str) -> Result<HashMap<String, String>> {
+pub fn diversions(root: &Path, pkg: &str) -> Result<Table> {
     let l = lines(&admindir(root).join("diversions"))?;
-    let mut m = HashMap::new();
+    let mut rows = Vec::new();
     for t in l.chunks(3) {
         if let [from, to, by] = t {
             if by != pkg {
-                m.insert(from.clone(), to.clone());
+                rows.push(format!("{from}\n{to}"));
             }
         }
     }
-    Ok(m)
+    Ok(Table::new(rows))
 }
 
 /// Conffiles field: (path, md5, flag) where flag is "", "obsolete" or "remove-on-upgrade".
@@ -237,6 +263,22 @@ mod tests {
         assert_eq!(resolve(&d, "/bin", false).unwrap(), d.join("bin"));
         assert_eq!(resolve(&d, "/usr/up/etc", false).unwrap(), d.join("etc"));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn table_lookups() {
+        let t = Table::new(vec![
+            "/b\n2".into(),
+            "/a-x\n3".into(),
+            "/a\n1".into(),
+            "/c".into(),
+        ]);
+        assert_eq!(t.get("/a"), Some("1"));
+        assert_eq!(t.get("/a-x"), Some("3"));
+        assert_eq!(t.get("/b"), Some("2"));
+        assert_eq!(t.get("/c"), Some(""));
+        assert_eq!(t.get("/"), None);
+        assert!(!t.contains("/a/"));
     }
 
     #[test]

@@ -4,12 +4,11 @@
 //! files from `info/`, conffiles from the Conffiles field (obsolete and remove-on-upgrade ones
 //! left out), and every listed path as it is now (a diverted file from where it really is).
 
-use super::db::{self, Stanza};
+use super::db::{self, Stanza, Table};
 use super::tar::{self, Kind};
 use super::{ar, check_space, err, hex, ioerr, Repacked, TempOut};
 use crate::error::Result;
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -106,18 +105,18 @@ pub fn plan_deb(root: &Path, name: &str, arch: Option<&str>) -> Result<DebPlan> 
         }
     }
 
-    let mut conf_md5 = HashMap::new();
-    let mut skip = HashSet::new();
+    let mut conf_md5 = Vec::new();
+    let mut skip = Vec::new();
     let mut conffiles = String::new();
     let mut conffiles_md5 = Vec::new();
     for (p, sum, flag) in db::conffiles(&stanza) {
         if flag.is_empty() {
             conffiles += &format!("{p}\n");
             conffiles_md5.push((p.clone(), sum.clone()));
-            conf_md5.insert(p, sum);
+            conf_md5.push(format!("{p}\n{sum}"));
         } else {
             log::warn!("{package}: leaving out {flag} conffile {p}");
-            skip.insert(p);
+            skip.push(p);
         }
     }
     let md5 = db::md5sums(&base)?;
@@ -125,18 +124,17 @@ pub fn plan_deb(root: &Path, name: &str, arch: Option<&str>) -> Result<DebPlan> 
 
     let mut list = db::lines(&db::info_file(&base, "list"))?;
     list.retain(|p| p.starts_with('/'));
-    list.sort();
+    list.sort_unstable();
     list.dedup();
-    let mut parents = HashSet::new();
+    let conf_md5 = Table::new(conf_md5);
+    let mut parents = Vec::new();
     for p in &list {
-        let mut s = p.as_str();
-        while let Some(i) = s.rfind('/') {
-            s = &s[..i];
-            if !parents.insert(s.to_string()) {
-                break;
-            }
+        if let Some(i) = p.rfind('/') {
+            parents.push(p[..i].to_string());
         }
     }
+    // Every listed directory's parent is listed too, so direct parents are enough.
+    let parents = Table::new(parents);
 
     let mut items = vec![Item {
         name: "./".into(),
@@ -157,7 +155,7 @@ pub fn plan_deb(root: &Path, name: &str, arch: Option<&str>) -> Result<DebPlan> 
         if skip.contains(p) {
             continue;
         }
-        let conffile = conf_md5.contains_key(p);
+        let conffile = conf_md5.contains(p);
         let real = div.get(p).unwrap_or(p);
         let src = db::resolve(root, real, false).map_err(|e| ioerr(&root.join(&real[1..]), e))?;
         let meta = match std::fs::symlink_metadata(&src) {
@@ -196,7 +194,7 @@ pub fn plan_deb(root: &Path, name: &str, arch: Option<&str>) -> Result<DebPlan> 
             _ => format!(".{p}"),
         };
         items.push(Item {
-            md5: conf_md5.get(p).or_else(|| md5.get(p)).cloned(),
+            md5: conf_md5.get(p).or_else(|| md5.get(p)).map(str::to_string),
             name,
             src,
             kind,
@@ -306,12 +304,15 @@ impl DebPlan {
         for i in &self.items {
             put(i.name.as_bytes());
             put(i.src.as_os_str().as_encoded_bytes());
-            let (tag, extra) = match &i.kind {
-                Kind::Dir => ("d", String::new()),
-                Kind::File(n) => ("f", n.to_string()),
-                Kind::Symlink(t) => ("l", t.clone()),
-            };
-            put(format!("{tag} {extra} {:o} {} {} {}", i.mode, i.uid, i.gid, i.mtime).as_bytes());
+            match &i.kind {
+                Kind::Dir => put(b"d"),
+                Kind::File(n) => put(&n.to_le_bytes()),
+                Kind::Symlink(t) => put(t.as_bytes()),
+            }
+            let m = [u64::from(i.mode), i.uid, i.gid, i.mtime as u64];
+            for v in m {
+                put(&v.to_le_bytes());
+            }
             put(i.md5.as_deref().unwrap_or("-").as_bytes());
             if i.name != "./" {
                 if let Ok(m) = std::fs::symlink_metadata(&i.src) {
@@ -371,12 +372,26 @@ impl DebPlan {
     fn write_control<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
         let dir = Kind::Dir;
         tar::write_header(w, &control_header("./", &dir))?;
-        let mut members: Vec<(&'static str, Option<&Path>)> = vec![("control", None)];
-        if !self.conffiles.is_empty() {
-            members.push(("conffiles", None));
+        // Sorted order: the info/ names around "conffiles" and "control" (no sort in the binary).
+        let mut members: Vec<(&'static str, Option<&Path>)> = Vec::new();
+        let info = |n: &str| {
+            self.info
+                .iter()
+                .find(|(m, _)| *m == n)
+                .map(|(m, p)| (*m, p.as_path()))
+        };
+        for n in ["conffiles", "config", "control"] {
+            match n {
+                "control" => members.push(("control", None)),
+                "conffiles" if !self.conffiles.is_empty() => members.push(("conffiles", None)),
+                _ => members.extend(info(n).map(|(m, p)| (m, Some(p)))),
+            }
         }
-        members.extend(self.info.iter().map(|(n, p)| (*n, Some(p.as_path()))));
-        members.sort_by_key(|m| m.0);
+        for (n, p) in &self.info {
+            if *n > "control" {
+                members.push((n, Some(p.as_path())));
+            }
+        }
         for (name, path) in members {
             let full = format!("./{name}");
             match path {
