@@ -26,6 +26,8 @@ APT_PACKAGES=(
     gcc                   # TLS agent only: ring's C for x86_64 musl (cross/build.sh sets CC)
     libc6-dev-arm64-cross # TLS agent only: C headers for the aarch64/armv7 cross compilers
     libc6-dev-armhf-cross
+    debootstrap           # tests/image/build-image.sh: real Debian 12 minbase image for preserve tests
+    dpkg-repack           # host-only baseline the native repack (agent preserve) is compared with
 )
 
 RUST_TARGETS=(

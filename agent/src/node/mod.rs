@@ -10,6 +10,7 @@ pub mod lock;
 pub mod marks;
 pub mod outcome;
 pub mod pkg;
+pub mod preserve;
 pub mod rebuild;
 pub mod restore;
 pub mod rollback;
