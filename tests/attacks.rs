@@ -124,13 +124,21 @@ impl Attack {
 
     /// A node baked with the test root key only (no trusted_keys).
     fn root_node(&self) -> Node {
-        let node_dir = self.join("node");
+        self.root_node_with("node", "")
+    }
+
+    /// The same in `self/name`, with `extra` config lines (a trust floor, say).
+    fn root_node_with(&self, name: &str, extra: &str) -> Node {
+        let node_dir = self.join(name);
         std::fs::create_dir_all(&node_dir).unwrap();
         let n = Node::new(&node_dir, VARIANT, Path::new("/unused"), "");
         let text = std::fs::read_to_string(&n.config).unwrap();
         let text = text.replace(
             "trusted_keys = \"/unused\"",
-            &format!("root_keys = \"{}\"", key_file("root", "pub").display()),
+            &format!(
+                "root_keys = \"{}\"\n{extra}",
+                key_file("root", "pub").display()
+            ),
         );
         std::fs::write(&n.config, text).unwrap();
         n
@@ -994,17 +1002,10 @@ fn first_contact_trust_floor_refuses_an_older_key_list() {
             )
         }),
     ] {
-        let node_dir = a.join(&format!("node-{tag}"));
-        std::fs::create_dir_all(&node_dir).unwrap();
-        let n = Node::new(&node_dir, VARIANT, Path::new("/unused"), "");
-        let text = std::fs::read_to_string(&n.config).unwrap().replace(
-            "trusted_keys = \"/unused\"",
-            &format!(
-                "root_keys = \"{}\"\ntrust_floor = \"{floor}\"",
-                key_file("root", "pub").display()
-            ),
+        let n = a.root_node_with(
+            &format!("node-{tag}"),
+            &format!("trust_floor = \"{floor}\""),
         );
-        std::fs::write(&n.config, text).unwrap();
         let r = n.agent(&["keys", "--import", v1.to_str().unwrap()]);
         assert_eq!(r.code, 4, "{tag}: old list must be refused: {}", r.stderr);
         if tag == "file" {
