@@ -7,6 +7,7 @@ pub mod format;
 pub mod index;
 pub mod keylist;
 pub mod keys;
+pub mod order;
 pub mod policy;
 pub mod report;
 pub mod signed;

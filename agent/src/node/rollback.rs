@@ -7,6 +7,7 @@
 //! any backend. The lists that gate later installs (refused, halted, orders) are in `marks`.
 
 use crate::bundle::format::{hex, Manifest};
+use crate::bundle::order::OrderError;
 use crate::node::ctx::{Ctx, RunInfo};
 use crate::node::health::HealthSpec;
 use crate::node::marks::{
@@ -212,24 +213,20 @@ pub fn finish_rollback(ctx: &Ctx, journal: &Record, info: &mut RunInfo) -> Resul
     Ok(format!("cycle {cycle} rolled back: {account}"))
 }
 
-/// A signed order (`edgepatch-order`): `kind rollback|halt`, `variant`, `cycle`, `issued`,
+/// A signed order (`bundle::order`): `kind rollback|halt|resume`, `variant`, `cycle`, `issued`,
 /// `expires`. Rollback: a node with that cycle installed rolls back; any node refuses to install
 /// it afterwards. Halt: nodes that have not installed the cycle defer it until a newer cycle.
 pub fn carry_out_order(ctx: &Ctx, path: &Path, info: &mut RunInfo) -> Result<String> {
     let sd = ctx.state_dir();
     let bytes = crate::support::fsutil::read_capped(path, crate::bundle::signed::MAX_DOC)
         .map_err(|e| Error::new(Exit::Integrity, format!("{}: order: {e}", path.display())))?;
-    let order = crate::bundle::signed::open(&bytes, "edgepatch-order", ctx.trusted, 1)
-        .map_err(|m| Error::new(Exit::Authenticity, format!("{}: {m}", path.display())))?;
-    let field = |k: &str| {
-        order.get(k).map(str::to_string).ok_or_else(|| {
-            Error::new(
-                Exit::Integrity,
-                format!("{}: order has no {k}", path.display()),
-            )
-        })
-    };
-    let (kind, variant, cycle) = (field("kind")?, field("variant")?, field("cycle")?);
+    let order = crate::bundle::order::Order::open(&bytes, ctx.trusted).map_err(|e| match e {
+        OrderError::Authenticity(m) => {
+            Error::new(Exit::Authenticity, format!("{}: {m}", path.display()))
+        }
+        OrderError::Integrity(m) => Error::new(Exit::Integrity, format!("{}: {m}", path.display())),
+    })?;
+    let (kind, variant, cycle) = (order.kind, order.variant, order.cycle);
     info.cycle = Some(cycle.clone());
     info.command = Some(format!("order-{kind}"));
     if variant != ctx.config.variant {
@@ -242,7 +239,7 @@ pub fn carry_out_order(ctx: &Ctx, path: &Path, info: &mut RunInfo) -> Result<Str
         ));
     }
     let now = ctx.now();
-    if order.num("expires").is_none_or(|e| e <= now) {
+    if order.expires <= now {
         return Err(Error::new(
             Exit::NotApplicable,
             format!("{kind} order for {cycle} has expired"),
