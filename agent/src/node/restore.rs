@@ -7,21 +7,7 @@ use crate::node::sets;
 use crate::node::store;
 use crate::support::kv::Record;
 
-pub type Versions = Vec<(String, Option<String>)>;
-pub fn encode_versions(v: &[(String, Option<String>)]) -> String {
-    v.iter()
-        .map(|(n, ver)| format!("{n}={}", ver.as_deref().unwrap_or("-")))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-pub fn decode_versions(s: &str) -> Versions {
-    s.split(',')
-        .filter(|p| !p.is_empty())
-        .filter_map(|p| p.split_once('='))
-        .map(|(n, v)| (n.to_string(), (v != "-").then(|| v.to_string())))
-        .collect()
-}
+pub use crate::node::sets::{decode_versions, encode_versions, Versions};
 
 /// Does a restore account say some package is not back (exit 6, node needs attention)?
 pub fn incomplete(account: &str) -> bool {

@@ -6,10 +6,26 @@
 
 use crate::node::ctx::Ctx;
 use crate::node::pkg::Change;
-use crate::node::restore::{decode_versions, encode_versions, Versions};
 use crate::support::error::{Error, Exit, Result};
 use crate::support::kv::Record;
 use std::path::{Path, PathBuf};
+
+/// Package versions (None: not installed), kept as `name=version,...` (`-` for none).
+pub type Versions = Vec<(String, Option<String>)>;
+pub fn encode_versions(v: &[(String, Option<String>)]) -> String {
+    v.iter()
+        .map(|(n, ver)| format!("{n}={}", ver.as_deref().unwrap_or("-")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn decode_versions(s: &str) -> Versions {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.split_once('='))
+        .map(|(n, v)| (n.to_string(), (v != "-").then(|| v.to_string())))
+        .collect()
+}
 
 pub fn dir(sd: &Path) -> PathBuf {
     sd.join("rollback")

@@ -299,3 +299,28 @@ impl PackageManager for Apt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulation_lines_become_changes() {
+        let out = "NOTE: simulation\nInst hostname [3.23+nmu1] (3.23+nmu1+ep1 localhost [amd64])\n\
+                   Inst ep-new (1.0 localhost [all])\nRemv ep-old [0.9]\nConf hostname (3.23+nmu1+ep1 localhost [amd64])\n";
+        let c = parse_simulation(out);
+        let ch = |n: &str, o: Option<&str>, v: Option<&str>| Change {
+            name: n.into(),
+            old: o.map(Into::into),
+            new: v.map(Into::into),
+        };
+        assert_eq!(
+            c,
+            vec![
+                ch("hostname", Some("3.23+nmu1"), Some("3.23+nmu1+ep1")),
+                ch("ep-new", None, Some("1.0")),
+                ch("ep-old", Some("0.9"), None),
+            ]
+        );
+    }
+}
