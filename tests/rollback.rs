@@ -170,6 +170,10 @@ fn manual_rollback_is_idempotent_and_survives_a_kill() {
     let st = node.agent(&["status", "--json"]).expect(0).stdout;
     assert!(st.contains("\"installed_cycle\":\"c1\""), "{st}");
 
+    // The next rollback steps back one more cycle (its rollback set), then there is no more.
+    let r = node.agent(&["rollback"]).expect(0);
+    assert!(r.stdout.contains("cycle c1 rolled back"), "{}", r.stdout);
+    assert_eq!(app_version(&node), None);
     let r = node.agent(&["rollback"]).expect(0);
     assert!(r.stdout.contains("already rolled back"), "{}", r.stdout);
     apply(&node, &c2).expect(4);

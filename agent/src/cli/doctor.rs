@@ -189,13 +189,14 @@ fn human(n: u64) -> String {
     if n < 1024 {
         return format!("{n} B");
     }
-    let mut v = n as f64 / 1024.0;
+    // Tenths, in integers (no float formatting in the agent: it costs ~25 KB).
+    let mut v = n * 10 / 1024;
     let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
+    while v >= 10240 && u + 1 < UNITS.len() {
+        v /= 1024;
         u += 1;
     }
-    format!("{v:.1} {}", UNITS[u])
+    format!("{}.{} {}", v / 10, v % 10, UNITS[u])
 }
 
 // --- the checks ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ use crate::node::marks;
 use crate::node::pkg::PackageManager;
 use crate::node::restore::{self, Versions};
 use crate::node::rollback;
+use crate::node::sets;
 use crate::node::stage::StagingSink;
 use crate::node::state::Installed;
 use crate::node::store;
@@ -312,13 +313,35 @@ pub fn install_and_commit(
 
     if !targets.is_empty() && !resuming {
         // Refuse before touching anything when the package manager would not get through.
-        if let Err(m) = pm.simulate(staging, &targets) {
-            let _ = std::fs::remove_dir_all(staging);
-            journal::clear(ctx)?;
-            return Err(fail(format!(
-                "{} refused the install, nothing changed: {m}",
-                pm.name()
-            )));
+        let changes = match pm.simulate(staging, &targets) {
+            Ok(c) => c,
+            Err(m) => {
+                let _ = std::fs::remove_dir_all(staging);
+                journal::clear(ctx)?;
+                return Err(fail(format!(
+                    "{} refused the install, nothing changed: {m}",
+                    pm.name()
+                )));
+            }
+        };
+        if !changes.is_empty() {
+            journal.set("changed", changes.len());
+        }
+        // Keep a way back to every version the install replaces, image packages included.
+        if pm.name() == "apt" {
+            journal.set("step", "preserving");
+            journal::save(ctx, journal)?;
+            crate::support::testhook::pause_point("preserving");
+            let set = sets::preserve(ctx, &manifest.cycle, manifest.sequence, &changes, &pre)
+                .map_err(|e| {
+                    let _ = std::fs::remove_dir_all(staging);
+                    let _ = journal::clear(ctx);
+                    fail(format!(
+                        "cannot preserve packages, nothing changed: {}",
+                        e.msg
+                    ))
+                })?;
+            journal.set("rollback_set", set.display());
         }
         journal.set("step", "snapshot");
         journal::save(ctx, journal)?;
@@ -345,6 +368,7 @@ pub fn install_and_commit(
         if let Err(m) = done {
             let restored = rollback::undo(ctx, pm.as_ref(), journal);
             info.restored = Some(restored.clone());
+            drop_set(journal, &restored);
             let _ = std::fs::remove_dir_all(staging);
             journal::clear(ctx)?;
             return Err(fail(format!("install failed: {m}; {restored}")));
@@ -374,7 +398,7 @@ pub fn install_and_commit(
         "cycle {} sequence {} applied: {} package(s) changed{}",
         manifest.cycle,
         manifest.sequence,
-        targets.len(),
+        journal.num("changed").unwrap_or(targets.len() as u64),
         if resuming {
             " (resumed after interruption)"
         } else {
@@ -398,6 +422,7 @@ fn health_or_roll_back(
     };
     let restored = rollback::undo(ctx, pm, journal);
     info.restored = Some(restored.clone());
+    drop_set(journal, &restored);
     marks::refuse_cycle(ctx.state_dir(), &manifest.cycle);
     let _ = std::fs::remove_dir_all(staging);
     journal::clear(ctx)?;
@@ -405,6 +430,15 @@ fn health_or_roll_back(
         Exit::HealthFailed,
         format!("{why}; rolled back: {restored}"),
     ))
+}
+
+/// A set whose install was undone is spent; one whose restore was incomplete is kept.
+pub fn drop_set(journal: &Record, account: &str) {
+    if let Some(p) = journal.get("rollback_set") {
+        if !restore::incomplete(account) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 fn check_installed(
@@ -461,5 +495,6 @@ pub fn commit(ctx: &Ctx, journal: &Record) -> Result<()> {
         crate::support::fsutil::sync_dir(&sd.join("cache")).map_err(|e| err(sd, e))?;
     }
     rollback::remember_apply(ctx, journal);
+    let _ = std::fs::remove_file(restore::attention_path(sd));
     journal::clear(ctx)
 }

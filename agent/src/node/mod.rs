@@ -15,6 +15,7 @@ pub mod rebuild;
 pub mod restore;
 pub mod rollback;
 pub mod session;
+pub mod sets;
 pub mod snapshot;
 pub mod stage;
 pub mod state;

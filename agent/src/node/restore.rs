@@ -3,29 +3,30 @@
 
 use crate::node::ctx::Ctx;
 use crate::node::pkg::PackageManager;
+use crate::node::sets;
 use crate::node::store;
+use crate::support::kv::Record;
 
-pub type Versions = Vec<(String, Option<String>)>;
-pub fn encode_versions(v: &[(String, Option<String>)]) -> String {
-    v.iter()
-        .map(|(n, ver)| format!("{n}={}", ver.as_deref().unwrap_or("-")))
-        .collect::<Vec<_>>()
-        .join(",")
+pub use crate::node::sets::{decode_versions, encode_versions, Versions};
+
+/// Does a restore account say some package is not back (exit 6, node needs attention)?
+pub fn incomplete(account: &str) -> bool {
+    account.starts_with("restore incomplete")
 }
 
-pub fn decode_versions(s: &str) -> Versions {
-    s.split(',')
-        .filter(|p| !p.is_empty())
-        .filter_map(|p| p.split_once('='))
-        .map(|(n, v)| (n.to_string(), (v != "-").then(|| v.to_string())))
-        .collect()
+pub fn attention_path(sd: &std::path::Path) -> std::path::PathBuf {
+    sd.join("needs-attention")
 }
 
-/// Put every package back to its pre-patch version. Returns a one-line account of what was done.
+/// Put every package back to its pre-patch version: the file from the cycle's rollback set
+/// first, then the package caches of the last two bundles; packages the patch added are purged.
+/// Then check: every package at its pre-patch version and dpkg clean, or "restore incomplete:
+/// ..." naming the ones that are not. Returns a one-line account.
 pub fn restore_packages(
     ctx: &Ctx,
     pm: &dyn PackageManager,
     pre: &[(String, Option<String>)],
+    set: Option<&Record>,
 ) -> String {
     let names: Vec<String> = pre.iter().map(|(n, _)| n.clone()).collect();
     if let Err(e) = pm.repair() {
@@ -33,12 +34,11 @@ pub fn restore_packages(
     }
     let now = match pm.installed(&names) {
         Ok(v) => v,
-        Err(e) => return format!("could not read installed versions to restore: {e}"),
+        Err(e) => return format!("restore incomplete: cannot read versions: {e}"),
     };
     let sd = ctx.state_dir();
     let caches = [store::cache_current(sd), store::cache_previous(sd)];
-    let (mut files, mut remove, mut restored, mut missing) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut files, mut remove, mut restored) = (Vec::new(), Vec::new(), Vec::new());
     for ((name, before), after) in pre.iter().zip(now) {
         if *before == after {
             continue;
@@ -46,42 +46,64 @@ pub fn restore_packages(
         match before {
             None => remove.push(name.clone()),
             Some(v) => {
-                let found = caches.iter().find_map(|c| {
-                    let p = pm
-                        .repo_packages(c)
-                        .ok()?
-                        .into_iter()
-                        .find(|p| p.name == *name && p.version == *v)?;
-                    Some(c.join(p.file))
-                });
-                match found {
-                    Some(f) => {
-                        files.push(f);
-                        restored.push(format!("{name}={v}"));
-                    }
-                    None => missing.push(format!("{name}={v}")),
+                let found = set
+                    .and_then(|s| sets::file_for(sd, s, name, v))
+                    .or_else(|| {
+                        caches.iter().find_map(|c| {
+                            let p = pm
+                                .repo_packages(c)
+                                .ok()?
+                                .into_iter()
+                                .find(|p| p.name == *name && p.version == *v)?;
+                            Some(c.join(p.file))
+                        })
+                    });
+                if let Some(f) = found {
+                    files.push(f);
+                    restored.push(format!("{name}={v}"));
                 }
             }
         }
     }
-    let mut msg = match pm.restore(&files, &remove) {
-        Ok(()) if restored.is_empty() && remove.is_empty() => {
-            "nothing needed restoring".to_string()
-        }
-        Ok(()) => {
-            let mut parts = Vec::new();
-            if !restored.is_empty() {
-                parts.push(format!("restored {}", restored.join(" ")));
+    let done = pm.restore(&files, &remove);
+    // Check what is there now, whatever the package manager said.
+    let mut bad = Vec::new();
+    match pm.installed(&names) {
+        Ok(now) => {
+            for ((name, want), have) in pre.iter().zip(now) {
+                if *want != have {
+                    bad.push(format!(
+                        "{name} (at {}, want {})",
+                        have.as_deref().unwrap_or("none"),
+                        want.as_deref().unwrap_or("none")
+                    ));
+                }
             }
-            if !remove.is_empty() {
-                parts.push(format!("removed {}", remove.join(" ")));
-            }
-            parts.join("; ")
         }
-        Err(e) => format!("RESTORE FAILED ({e}); node needs attention"),
-    };
-    if !missing.is_empty() {
-        msg += &format!("; no cached package to restore {}", missing.join(" "));
+        Err(e) => bad.push(e),
     }
-    msg
+    if let Err(e) = pm.audit() {
+        bad.push(e);
+    }
+    let attention = attention_path(sd);
+    if !bad.is_empty() {
+        let mut msg = format!("restore incomplete: {}", bad.join(", "));
+        if let Err(e) = done {
+            msg += &format!("; {e}");
+        }
+        let _ = crate::support::fsutil::write_atomic(&attention, msg.as_bytes(), false);
+        return msg;
+    }
+    let _ = std::fs::remove_file(&attention);
+    let mut parts = Vec::new();
+    if !restored.is_empty() {
+        parts.push(format!("restored {}", restored.join(" ")));
+    }
+    if !remove.is_empty() {
+        parts.push(format!("removed {}", remove.join(" ")));
+    }
+    if parts.is_empty() {
+        return "nothing needed restoring".to_string();
+    }
+    parts.join("; ")
 }

@@ -14,7 +14,8 @@ use crate::node::marks::{
     add_to_list, list_path, order_done, read_list, refuse_cycle, remove_from_list,
 };
 use crate::node::pkg::PackageManager;
-use crate::node::restore::{decode_versions, restore_packages};
+use crate::node::restore::{decode_versions, incomplete, restore_packages};
+use crate::node::sets;
 use crate::node::snapshot::{Backend, Restored, Snapshots};
 use crate::node::state::Installed;
 use crate::support::error::{Error, Exit, Result};
@@ -66,7 +67,11 @@ pub fn take_snapshot(ctx: &Ctx, manifest: &Manifest) -> std::result::Result<Stri
 /// Put the root back to its pre-patch state: the filesystem snapshot when there is one, else the
 /// pre-patch package versions from the journal. Returns a one-line account.
 pub fn undo(ctx: &Ctx, pm: &dyn PackageManager, journal: &Record) -> String {
-    let pre = decode_versions(journal.get("pre").unwrap_or(""));
+    let set = journal.get("rollback_set").and_then(sets::load);
+    let pre = match &set {
+        Some(s) => sets::pre(s),
+        None => decode_versions(journal.get("pre").unwrap_or("")),
+    };
     let snapshot = journal.get("snapshot").unwrap_or("none:");
     let backend = snapshot.split(':').next().and_then(Backend::from_name);
     if matches!(
@@ -81,7 +86,7 @@ pub fn undo(ctx: &Ctx, pm: &dyn PackageManager, journal: &Record) -> String {
             Err(e) => log::error!("restoring {snapshot} failed ({e}); restoring packages instead"),
         }
     }
-    restore_packages(ctx, pm, &pre)
+    restore_packages(ctx, pm, &pre, set.as_ref())
 }
 
 /// Record what a successful apply changed and prune old snapshots.
@@ -108,6 +113,20 @@ pub fn remember_apply(ctx: &Ctx, journal: &Record) {
     if let Err(e) = r.save(&sd.join("last-apply")) {
         log::warn!("cannot write last-apply: {e}");
     }
+    if let Some(p) = journal.get("rollback_set") {
+        if let Some(mut set) = sets::load(p) {
+            for (k, v) in &r.fields {
+                if k != "pre" {
+                    set.set(k, v);
+                }
+            }
+            set.set("applied", "yes");
+            if let Err(e) = set.save(Path::new(p)) {
+                log::warn!("cannot write {p}: {e}");
+            }
+        }
+    }
+    sets::prune(sd, ctx.config.rollback_keep as usize);
     if let Some(id) = journal.get("snapshot") {
         add_to_list(sd, "snapshots", id);
         let ids = read_list(sd, "snapshots");
@@ -137,7 +156,13 @@ pub fn remember_apply(ctx: &Ctx, journal: &Record) {
 pub fn roll_back_last(ctx: &Ctx, info: &mut RunInfo, want: Option<&str>) -> Result<String> {
     let sd = ctx.state_dir();
     let path = sd.join("last-apply");
-    let last = Record::load(&path).map_err(|e| Error::io(Exit::Usage, &path, e))?;
+    let last = match sets::next(sd) {
+        Some((p, mut set)) => {
+            set.set("rollback_set", p.display());
+            Some(set)
+        }
+        None => Record::load(&path).map_err(|e| Error::io(Exit::Usage, &path, e))?,
+    };
     let Some(last) = last else {
         return Err(Error::new(
             Exit::NotApplicable,
@@ -201,10 +226,22 @@ pub fn finish_rollback(ctx: &Ctx, journal: &Record, info: &mut RunInfo) -> Resul
         last.fields.retain(|(key, _)| key != k);
     }
     let lp = sd.join("last-apply");
-    last.save(&lp).map_err(|e| Error::io(Exit::Usage, &lp, e))?;
+    if let Some(p) = journal.get("rollback_set") {
+        last.save(Path::new(p))
+            .map_err(|e| Error::io(Exit::Usage, Path::new(p), e))?;
+        // last-apply (the snapshot backends' record) is done with too when it is this cycle.
+        if let Ok(Some(mut la)) = Record::load(&lp) {
+            if la.get("cycle") == Some(cycle.as_str()) {
+                la.set("rolled_back", "yes");
+                la.save(&lp).map_err(|e| Error::io(Exit::Usage, &lp, e))?;
+            }
+        }
+    } else {
+        last.save(&lp).map_err(|e| Error::io(Exit::Usage, &lp, e))?;
+    }
     let jp = crate::node::status::journal_path(sd);
     let _ = std::fs::remove_file(&jp);
-    if account.contains("FAILED") {
+    if account.contains("FAILED") || incomplete(&account) {
         return Err(Error::new(
             Exit::InstallFailed,
             format!("rollback of {cycle}: {account}"),

@@ -56,7 +56,9 @@ pub fn recover(ctx: &Ctx, info: &mut RunInfo) -> Result<()> {
                 }
                 Err(e) => {
                     if journal_path(ctx.state_dir()).exists() {
-                        info.restored = Some(rollback::undo(ctx, pm.as_ref(), &journal));
+                        let account = rollback::undo(ctx, pm.as_ref(), &journal);
+                        apply::drop_set(&journal, &account);
+                        info.restored = Some(account);
                         let _ = std::fs::remove_dir_all(&staging);
                         journal::clear(ctx)?;
                     }
@@ -74,7 +76,8 @@ pub fn recover(ctx: &Ctx, info: &mut RunInfo) -> Result<()> {
         }
         "committing" => commit(ctx, &journal),
         _ => {
-            // Interrupted while staging or taking the snapshot: nothing was installed yet.
+            // Interrupted while staging, preserving or taking the snapshot: nothing was installed
+            // yet (a half-written set is never applied, and is pruned).
             if staging.starts_with(ctx.state_dir()) && staging.exists() {
                 let _ = std::fs::remove_dir_all(&staging);
             }
@@ -87,8 +90,20 @@ pub fn recover(ctx: &Ctx, info: &mut RunInfo) -> Result<()> {
 pub fn rollback(ctx: &Ctx, order: Option<&Path>) -> Result<String> {
     let _lock = crate::node::lock::acquire(ctx.state_dir())?;
     let mut info = RunInfo::default();
+    // A rollback killed half-way is finished by `recover`; that rollback is this one (stepping
+    // back once more would undo a second cycle).
+    let jp = journal_path(ctx.state_dir());
+    let half_done = Record::load(&jp)
+        .ok()
+        .flatten()
+        .is_some_and(|j| j.get("op") == Some("rollback"));
     let result = recover(ctx, &mut info).and_then(|_| match order {
         Some(path) => rollback::carry_out_order(ctx, path, &mut info),
+        None if half_done => Ok(format!(
+            "cycle {} rolled back: {}",
+            info.cycle.as_deref().unwrap_or("-"),
+            info.restored.as_deref().unwrap_or("-")
+        )),
         None => rollback::roll_back_last(ctx, &mut info, None),
     });
     let command = info.command.clone().unwrap_or_else(|| "rollback".into());

@@ -197,8 +197,8 @@ impl StagingSink {
         }
         if count > 0 {
             log::info!(
-                "rebuilt {count} file(s) from deltas in {:.2}s; agent peak RSS {} kB",
-                started.elapsed().as_secs_f64(),
+                "rebuilt {count} file(s) from deltas in {} ms; agent peak RSS {} kB",
+                started.elapsed().as_millis(),
                 crate::support::fsutil::peak_rss_kb().unwrap_or(0)
             );
         }

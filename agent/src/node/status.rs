@@ -75,6 +75,10 @@ pub struct Status {
     pub rejected: Vec<(String, String)>,
     /// First-contact weaknesses (no trust floor, no trusted time), shown loudly.
     pub warnings: Vec<String>,
+    /// What the next `rollback` restores: (cycle, packages, bytes preserved).
+    pub next_rollback: Option<(String, u64, u64)>,
+    /// The last restore left packages not at their pre-patch versions.
+    pub needs_attention: Option<String>,
 }
 
 impl Status {
@@ -95,6 +99,17 @@ impl Status {
             quarantined: crate::node::store::list_quarantine(sd),
             warnings: crate::node::trust::first_contact_warnings(config),
             rejected: rejected_reports(sd),
+            next_rollback: crate::node::sets::next(sd).map(|(_, r)| {
+                let n = crate::node::sets::pre(&r).len() as u64;
+                (
+                    r.get("cycle").unwrap_or("-").into(),
+                    n,
+                    r.num("bytes").unwrap_or(0),
+                )
+            }),
+            needs_attention: std::fs::read_to_string(crate::node::restore::attention_path(sd))
+                .ok()
+                .map(|t| t.trim().to_string()),
         }
     }
 
@@ -146,6 +161,20 @@ impl Status {
                 &json::array(self.quarantined.iter().map(|q| json::string(q))),
             )
             .bool("alert", self.alert())
+            .raw(
+                "next_rollback",
+                &self
+                    .next_rollback
+                    .as_ref()
+                    .map_or("null".into(), |(c, n, b)| {
+                        Object::new()
+                            .str("cycle", c)
+                            .num("packages", *n)
+                            .num("bytes", *b)
+                            .finish()
+                    }),
+            )
+            .opt_str("needs_attention", self.needs_attention.as_deref())
             .num("reports_rejected", self.rejected.len() as u64)
             .raw(
                 "warnings",
@@ -189,6 +218,12 @@ impl Status {
                 self.quarantined.len(),
                 self.quarantined[self.quarantined.len() - 1]
             );
+        }
+        if let Some((c, n, b)) = &self.next_rollback {
+            s += &format!("rollback  {c}: {n} package(s), {b} bytes kept\n");
+        }
+        if let Some(a) = &self.needs_attention {
+            s += &format!("ATTENTION {a}\n");
         }
         if self.alert() {
             s += "ALERT     a bundle failed verification; see quarantine/\n";

@@ -56,6 +56,8 @@ pub struct Config {
     /// Snapshot backend: auto, btrfs, lvm-thin, timeshift, packages, none.
     pub snapshot: String,
     pub snapshot_keep: u64,
+    /// Rollback sets (cycles) kept for `rollback` to step back through.
+    pub rollback_keep: u64,
     pub health_url: Option<String>,
     pub health_command: Option<String>,
     /// Seconds the health check may take.
@@ -254,6 +256,7 @@ impl Config {
         let mut metrics_file = None;
         let mut snapshot = "auto".to_string();
         let mut snapshot_keep = 2;
+        let mut rollback_keep = 2;
         let mut health_url = None;
         let mut health_command = None;
         let mut health_timeout = 120;
@@ -358,15 +361,15 @@ impl Config {
                             at(line, "health_timeout must be 1 to 3600 seconds".into())
                         })?
                 }
-                "snapshot_keep" => {
-                    snapshot_keep = match value {
+                "snapshot_keep" | "rollback_keep" => {
+                    let n = match value {
                         Value::Int(n) if (1..=100).contains(&n) => n as u64,
-                        _ => {
-                            return Err(at(
-                                line,
-                                "snapshot_keep must be a number from 1 to 100".into(),
-                            ))
-                        }
+                        _ => return Err(at(line, format!("{key} must be a number from 1 to 100"))),
+                    };
+                    if key == "snapshot_keep" {
+                        snapshot_keep = n
+                    } else {
+                        rollback_keep = n
                     }
                 }
                 "snapshot" => {
@@ -453,6 +456,7 @@ impl Config {
             metrics_file,
             snapshot,
             snapshot_keep,
+            rollback_keep,
             health_url,
             health_command,
             health_timeout,

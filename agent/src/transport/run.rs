@@ -38,8 +38,9 @@ pub fn command(ctx: &Ctx, splay: bool) -> Result<String> {
     if splay && cfg.splay > 0 {
         let ms = fetch::Rng::seeded().below(cfg.splay.saturating_mul(1000));
         log::info!(
-            "splay: sleeping {:.1}s before this pass",
-            ms as f64 / 1000.0
+            "splay: sleeping {}.{}s before this pass",
+            ms / 1000,
+            ms % 1000 / 100
         );
         std::thread::sleep(Duration::from_millis(ms));
     }

@@ -2,7 +2,7 @@
 //! repository (`deb [trusted=yes] file:DIR ./`: the bundle signature was already checked), and
 //! dpkg with `--root`/`--admindir` when the root is not `/`.
 
-use super::{control_stanzas, PackageManager, RepoPackage};
+use super::{control_stanzas, Change, PackageManager, RepoPackage};
 use crate::support::cmd::Cmd;
 use std::path::{Path, PathBuf};
 
@@ -118,6 +118,37 @@ impl Apt {
     }
 }
 
+/// The changes in `apt-get -s` output: `Inst NAME [OLD] (NEW ...)` is an upgrade or downgrade,
+/// `Inst NAME (NEW ...)` a new install, `Remv NAME [OLD]` a removal.
+pub fn parse_simulation(out: &str) -> Vec<Change> {
+    let mut v = Vec::new();
+    for l in out.lines() {
+        let mut w = l.split(' ');
+        let (kind, Some(name)) = (w.next(), w.next()) else {
+            continue;
+        };
+        let rest: Vec<&str> = w.collect();
+        let old = rest
+            .first()
+            .and_then(|t| t.strip_prefix('[')?.strip_suffix(']'));
+        let new = rest
+            .iter()
+            .find_map(|t| t.strip_prefix('('))
+            .map(|t| t.trim_end_matches(')'));
+        let (old, new) = match kind {
+            Some("Inst") if new.is_some() => (old, new),
+            Some("Remv") => (old, None),
+            _ => continue,
+        };
+        v.push(Change {
+            name: name.to_string(),
+            old: old.map(str::to_string),
+            new: new.map(str::to_string),
+        });
+    }
+    v
+}
+
 impl PackageManager for Apt {
     fn name(&self) -> &'static str {
         "apt"
@@ -191,14 +222,14 @@ impl PackageManager for Apt {
         }
     }
 
-    fn simulate(&self, repo: &Path, specs: &[(String, String)]) -> R<()> {
+    fn simulate(&self, repo: &Path, specs: &[(String, String)]) -> R<Vec<Change>> {
         let conf = self.update(repo)?;
         self.apt_get(&conf)
             .arg("-s")
             .arg("install")
             .args(Self::spec_args(specs))
             .run()
-            .map(|_| ())
+            .map(|o| parse_simulation(&o.stdout))
     }
 
     fn install(&self, repo: &Path, specs: &[(String, String)]) -> R<()> {
@@ -266,5 +297,30 @@ impl PackageManager for Apt {
                 broken.join(" ")
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulation_lines_become_changes() {
+        let out = "NOTE: simulation\nInst hostname [3.23+nmu1] (3.23+nmu1+ep1 localhost [amd64])\n\
+                   Inst ep-new (1.0 localhost [all])\nRemv ep-old [0.9]\nConf hostname (3.23+nmu1+ep1 localhost [amd64])\n";
+        let c = parse_simulation(out);
+        let ch = |n: &str, o: Option<&str>, v: Option<&str>| Change {
+            name: n.into(),
+            old: o.map(Into::into),
+            new: v.map(Into::into),
+        };
+        assert_eq!(
+            c,
+            vec![
+                ch("hostname", Some("3.23+nmu1"), Some("3.23+nmu1+ep1")),
+                ch("ep-new", None, Some("1.0")),
+                ch("ep-old", Some("0.9"), None),
+            ]
+        );
     }
 }

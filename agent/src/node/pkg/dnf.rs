@@ -139,14 +139,14 @@ impl PackageManager for Dnf {
         Ok(out.stdout.trim() == "1")
     }
 
-    fn simulate(&self, repo: &Path, specs: &[(String, String)]) -> R<()> {
+    fn simulate(&self, repo: &Path, specs: &[(String, String)]) -> R<Vec<super::Change>> {
         // tsflags=test runs the whole rpm transaction check without changing anything.
         self.dnf(repo)
             .arg("--setopt=tsflags=test")
             .arg("install")
             .args(Self::spec_args(specs))
             .run()
-            .map(|_| ())
+            .map(|_| Vec::new())
     }
 
     fn install(&self, repo: &Path, specs: &[(String, String)]) -> R<()> {

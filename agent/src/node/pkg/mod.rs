@@ -9,7 +9,7 @@ use crate::support::config::PackageManagerChoice;
 use crate::support::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
-pub use apt::Apt;
+pub use apt::{parse_simulation, Apt};
 pub use dnf::Dnf;
 
 /// One package offered by the staged repository.
@@ -21,6 +21,15 @@ pub struct RepoPackage {
     pub file: PathBuf,
 }
 
+/// One package a transaction would change, from the simulation: `old` None is a new install,
+/// `new` None a removal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub name: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
 pub trait PackageManager {
     fn name(&self) -> &'static str;
     /// The packages the staged repository offers (from its metadata or package headers).
@@ -30,7 +39,12 @@ pub trait PackageManager {
     /// Is version `a` newer than `b` by this family's rules?
     fn newer(&self, a: &str, b: &str) -> std::result::Result<bool, String>;
     /// Resolve and dry-run the install of `specs` (name + exact version); touches nothing.
-    fn simulate(&self, repo: &Path, specs: &[(String, String)]) -> std::result::Result<(), String>;
+    /// Returns the planned changes (empty when the family cannot tell).
+    fn simulate(
+        &self,
+        repo: &Path,
+        specs: &[(String, String)],
+    ) -> std::result::Result<Vec<Change>, String>;
     fn install(&self, repo: &Path, specs: &[(String, String)]) -> std::result::Result<(), String>;
     /// Finish whatever an interrupted run left half done (dpkg --configure -a).
     fn repair(&self) -> std::result::Result<(), String>;

@@ -6,9 +6,9 @@ use super::*;
 pub(super) fn read_timeout() -> Duration {
     std::env::var("EDGEPATCH_HTTP_TIMEOUT")
         .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|v| *v > 0.0 && *v < 86400.0)
-        .map(Duration::from_secs_f64)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| (1..86400).contains(v))
+        .map(Duration::from_secs)
         .unwrap_or(READ_TIMEOUT)
 }
 
@@ -90,7 +90,11 @@ pub(super) fn with_retries<T>(
                 stop.why()
             )));
         }
-        log::warn!("{msg}; retrying in {:.1}s", wait.as_secs_f64());
+        log::warn!(
+            "{msg}; retrying in {}.{}s",
+            wait.as_secs(),
+            wait.subsec_millis() / 100
+        );
         std::thread::sleep(wait);
     }
 }

@@ -269,11 +269,11 @@ pub fn pass(ctx: &Ctx, opts: &Options, info: &mut RunInfo) -> Result<String> {
     with_retries(&stop, &mut rng, DOWNLOAD_ATTEMPTS, &url, |progress| {
         dl.attempt(&stop, progress)
     })?;
-    let secs = t0.elapsed().as_secs_f64().max(0.001);
+    let ms = t0.elapsed().as_millis().max(1) as u64;
     log::info!(
-        "{url}: {} bytes in {secs:.1}s ({:.0} KiB/s){}",
+        "{url}: {} bytes in {ms} ms ({} KiB/s){}",
         dl.received,
-        dl.received as f64 / secs / 1024.0,
+        dl.received * 1000 / ms / 1024,
         if dl.started_at > 0 {
             format!(", resumed at byte {}", dl.started_at)
         } else {

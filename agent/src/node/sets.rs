@@ -1,0 +1,164 @@
+//! Rollback sets (Debian family): before an install changes anything, every installed package it
+//! will upgrade, downgrade or remove is repacked (`preserve`) into `state_dir/rollback/pool/`, and
+//! `state_dir/rollback/SEQ-CYCLE.set` records the cycle, the pre-patch versions, the preserved
+//! files and the packages it newly installs. One set per applied cycle, `rollback_keep` kept;
+//! `rollback` steps back through them newest first.
+
+use crate::node::ctx::Ctx;
+use crate::node::pkg::Change;
+use crate::support::error::{Error, Exit, Result};
+use crate::support::kv::Record;
+use std::path::{Path, PathBuf};
+
+/// Package versions (None: not installed), kept as `name=version,...` (`-` for none).
+pub type Versions = Vec<(String, Option<String>)>;
+pub fn encode_versions(v: &[(String, Option<String>)]) -> String {
+    v.iter()
+        .map(|(n, ver)| format!("{n}={}", ver.as_deref().unwrap_or("-")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn decode_versions(s: &str) -> Versions {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.split_once('='))
+        .map(|(n, v)| (n.to_string(), (v != "-").then(|| v.to_string())))
+        .collect()
+}
+
+pub fn dir(sd: &Path) -> PathBuf {
+    sd.join("rollback")
+}
+
+pub fn pool(sd: &Path) -> PathBuf {
+    dir(sd).join("pool")
+}
+
+/// Repack what `changes` will replace or remove, then write the set (not yet `applied`).
+/// `pre` (the journal's pre-patch versions) is merged in, so the set alone can undo the install.
+pub fn preserve(
+    ctx: &Ctx,
+    cycle: &str,
+    sequence: u64,
+    changes: &[Change],
+    pre: &[(String, Option<String>)],
+) -> Result<PathBuf> {
+    let sd = ctx.state_dir();
+    let pool = pool(sd);
+    for d in [dir(sd), pool.clone()] {
+        crate::support::fsutil::create_dir_mode(&d, 0o700)
+            .map_err(|e| Error::io(Exit::InstallFailed, &d, e))?;
+    }
+    let (mut versions, mut files, mut new, mut bytes): (Versions, Vec<String>, Vec<&str>, u64) =
+        (Vec::new(), Vec::new(), Vec::new(), 0);
+    for c in changes {
+        let Some(old) = &c.old else {
+            new.push(&c.name);
+            versions.push((c.name.clone(), None));
+            continue;
+        };
+        let (name, arch) = match c.name.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (c.name.as_str(), None),
+        };
+        let r = crate::node::preserve::repack_deb_cached(&ctx.config.root, name, arch, &pool)?;
+        if r.version != *old {
+            return Err(Error::new(
+                Exit::InstallFailed,
+                format!("{name} is at {}, apt said {old}", r.version),
+            ));
+        }
+        let file = r.path.file_name().unwrap_or_default().to_string_lossy();
+        files.push(format!("{name}={old}={file}"));
+        bytes += r.bytes;
+        versions.push((name.to_string(), Some(old.clone())));
+    }
+    for (n, v) in pre {
+        if !versions.iter().any(|(m, _)| m == n) {
+            versions.push((n.clone(), v.clone()));
+        }
+    }
+    let safe: String = cycle
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let path = dir(sd).join(format!("{sequence}-{safe}.set"));
+    let mut r = Record::new();
+    r.set("cycle", cycle)
+        .set("sequence", sequence)
+        .set("pre", encode_versions(&versions))
+        .set("files", files.join(","))
+        .set("new", new.join(","))
+        .set("bytes", bytes);
+    r.save(&path)
+        .map_err(|e| Error::io(Exit::InstallFailed, &path, e))?;
+    Ok(path)
+}
+
+pub fn load(path: &str) -> Option<Record> {
+    Record::load(Path::new(path)).ok().flatten()
+}
+
+/// All sets, oldest sequence first: (path, record).
+pub fn list(sd: &Path) -> Vec<(PathBuf, Record)> {
+    let mut v: Vec<(PathBuf, Record)> = std::fs::read_dir(dir(sd))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let r = (p.extension()? == "set").then(|| Record::load(&p).ok().flatten())??;
+            Some((p, r))
+        })
+        .collect();
+    v.sort_by_key(|(_, r)| r.num("sequence").unwrap_or(0));
+    v
+}
+
+fn live(r: &Record) -> bool {
+    r.get("applied") == Some("yes") && r.get("rolled_back") != Some("yes")
+}
+
+/// The set the next `rollback` undoes: the newest applied one not rolled back.
+pub fn next(sd: &Path) -> Option<(PathBuf, Record)> {
+    list(sd).into_iter().rev().find(|(_, r)| live(r))
+}
+
+/// The preserved file of `name` at `version` in `set`.
+pub fn file_for(sd: &Path, set: &Record, name: &str, version: &str) -> Option<PathBuf> {
+    set.get("files")?.split(',').find_map(|f| {
+        let mut p = f.splitn(3, '=');
+        (p.next()? == name && p.next()? == version).then(|| pool(sd).join(p.next().unwrap_or("")))
+    })
+}
+
+/// Pre-patch versions recorded in a set.
+pub fn pre(set: &Record) -> Versions {
+    decode_versions(set.get("pre").unwrap_or(""))
+}
+
+/// Keep the newest `keep` applied sets; drop the rest and every pool file no set names.
+pub fn prune(sd: &Path, keep: usize) {
+    let sets = list(sd);
+    let mut drop = sets
+        .iter()
+        .filter(|(_, r)| live(r))
+        .count()
+        .saturating_sub(keep);
+    let mut named = Vec::new();
+    for (p, r) in &sets {
+        if !live(r) || drop > 0 {
+            drop -= usize::from(live(r));
+            let _ = std::fs::remove_file(p);
+            continue;
+        }
+        for f in r.get("files").unwrap_or("").split(',') {
+            named.extend(f.rsplit('=').next().map(str::to_string));
+        }
+    }
+    for e in std::fs::read_dir(pool(sd)).into_iter().flatten().flatten() {
+        if !named.iter().any(|n| *n == *e.file_name().to_string_lossy()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
