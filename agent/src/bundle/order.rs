@@ -74,7 +74,10 @@ mod tests {
     fn fields_are_checked() {
         let ok = Record::parse("kind halt\nvariant v\ncycle c\nissued 1\nexpires 9\n");
         let o = Order::from_record(&ok).unwrap();
-        assert_eq!((o.kind.as_str(), o.cycle.as_str(), o.expires), ("halt", "c", 9));
+        assert_eq!(
+            (o.kind.as_str(), o.cycle.as_str(), o.expires),
+            ("halt", "c", 9)
+        );
         for bad in [
             "kind reboot\nvariant v\ncycle c\nexpires 9\n",
             "kind halt\nvariant v\nexpires 9\n",
