@@ -168,7 +168,9 @@ pub fn load_trusted(path: &std::path::Path) -> Result<Vec<TrustedKey>, String> {
     };
     let mut keys = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let bytes = crate::support::fsutil::read_capped(&f, 64 * 1024)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", f.display()))?;
         keys.push(parse_public(&text, &f.display().to_string())?);
     }
     if keys.is_empty() {

@@ -36,7 +36,7 @@ fn with_ctx<T>(
 
 /// Print `ok: MSG` for a command that succeeded.
 fn ok(msg: Result<String>) -> Result<()> {
-    println!("ok: {}", msg?);
+    outln!("ok: {}", msg?);
     Ok(())
 }
 
@@ -66,9 +66,9 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
     }
     let st = crate::node::status::Status::gather(config);
     if json {
-        print!("{}", st.to_json());
+        outln!("{}", st.to_json().trim_end());
     } else {
-        print!("{}", st.to_lines());
+        outln!("{}", st.to_lines().trim_end());
     }
     Ok(())
 }
@@ -93,17 +93,19 @@ pub fn verify(config: &Config, bundle: &Path) -> Result<()> {
         );
     }
     let bytes: u64 = m.entries.iter().map(|e| e.size).sum();
-    println!(
+    outln!(
         "ok: {} cycle {} sequence {}",
-        m.variant, m.cycle, m.sequence
+        m.variant,
+        m.cycle,
+        m.sequence
     );
-    println!(
+    outln!(
         "    {} entries, {} bytes, signed by {}",
         m.entries.len(),
         bytes,
         v.signers.join(",")
     );
-    println!("    manifest sha256 {}", hex(&v.manifest_sha256));
+    outln!("    manifest sha256 {}", hex(&v.manifest_sha256));
     Ok(())
 }
 
@@ -177,12 +179,12 @@ pub fn keys(config: &Config, rest: &[OsString]) -> Result<()> {
                 Ok(())
             })
             .ok();
-            println!("ok: {}", result?);
+            outln!("ok: {}", result?);
         }
         _ => return Err(usage()),
     }
     let now = trust::node_now(config);
-    print!("{}", trust::describe(config, now)?);
+    outln!("{}", trust::describe(config, now)?.trim_end());
     Ok(())
 }
 
@@ -195,7 +197,7 @@ pub fn report(config: &Config, retry_rejected: bool) -> Result<()> {
     if retry_rejected {
         let n = crate::transport::report::retry_rejected(&config.state_dir)
             .map_err(|e| Error::io(Exit::Usage, &config.state_dir, e))?;
-        println!("requeued {n} rejected report(s)");
+        outln!("requeued {n} rejected report(s)");
     }
     let timeout = Duration::from_secs(30);
     let st = crate::transport::report::flush(&config.state_dir, url, timeout)
@@ -203,17 +205,19 @@ pub fn report(config: &Config, retry_rejected: bool) -> Result<()> {
     let kept = crate::transport::report::rejected(&config.state_dir)
         .map(|r| r.len())
         .unwrap_or(0);
-    println!(
+    outln!(
         "ok: delivered {}, rejected {} ({kept} kept in spool-rejected/), still spooled {}",
-        st.delivered, st.rejected, st.remaining
+        st.delivered,
+        st.rejected,
+        st.remaining
     );
     Ok(())
 }
 
 /// `edgepatch export-status DIR`.
 pub fn export_status(config: &Config, dir: &Path) -> Result<()> {
-    let out = crate::transport::report::export_status(&config.state_dir, dir)
-        .map_err(|m| Error::usage(format!("export to {}: {m}", dir.display())))?;
-    println!("ok: exported to {}", out.display());
+    let out =
+        crate::transport::report::export_status(&config.state_dir, dir).map_err(Error::usage)?;
+    outln!("ok: exported to {}", out.display());
     Ok(())
 }

@@ -1,6 +1,17 @@
 //! Command line: parse arguments by hand, load the config, run one command, map the result to an
 //! exit code. Each command's work lives in its own module.
 
+/// `println!` that never panics: a full disk or closed pipe on stdout is reported on stderr once
+/// and the command goes on (it has already done its work; the outcome is in status.json).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            let _ = writeln!(std::io::stderr(), "edgepatch: cannot write to stdout: {e}");
+        }
+    }};
+}
+
 mod commands;
 pub mod doctor;
 
@@ -63,11 +74,11 @@ fn parse_args(argv: Vec<OsString>) -> Result<Option<Args>> {
     while let Some(arg) = it.next() {
         match arg.to_str() {
             Some("--help" | "-h") => {
-                print!("{USAGE}\n{EXIT_TABLE}");
+                outln!("{USAGE}\n{EXIT_TABLE}");
                 return Ok(None);
             }
             Some("--version" | "-V") => {
-                println!("edgepatch {}", crate::VERSION);
+                outln!("edgepatch {}", crate::VERSION);
                 return Ok(None);
             }
             Some("--config") => {
@@ -135,6 +146,11 @@ pub fn main(argv: Vec<OsString>) -> i32 {
 
 fn run(args: Args) -> Result<()> {
     let config = Config::load(&config_path(args.config))?;
+    // Every command trusts files in state_dir (trusted-time, keylist, journal): refuse one that
+    // another user could have planted, before reading any of it.
+    if config.state_dir.exists() {
+        crate::node::lock::prepare_state_dir(&config.state_dir)?;
+    }
     let rest = args.rest.as_slice();
     match args.command.as_str() {
         "verify" => {

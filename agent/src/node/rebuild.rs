@@ -21,16 +21,23 @@ const EXPANSION_SLACK: u64 = 16 << 20;
 /// Before a deb-gz patch writes its two scratch streams: each must be within `MAX_EXPANSION`
 /// of the signed entry size, and both together must fit in free space next to the output.
 fn check_scratch(header: &Header, entry: &Entry, tmp_dir: &Path) -> Result<(), DeltaError> {
-    if header.gz.is_none() {
-        return Ok(());
-    }
     let cap = entry
         .size
         .saturating_mul(MAX_EXPANSION)
         .saturating_add(EXPANSION_SLACK);
     let mut need = entry.size;
     for s in &header.sections {
-        for (what, len) in [("old", s.old_len), ("new", s.new_len)] {
+        // The base's members are unpacked to scratch files (dpkg-deb --ctrl/--fsys-tarfile),
+        // deb-gz also writes the expanded new stream: all of it is counted before any is written.
+        let base_member = matches!(s.source, Source::DebControl | Source::DebData);
+        let streams = [
+            ("old", s.old_len, base_member || header.gz.is_some()),
+            ("new", s.new_len, header.gz.is_some()),
+        ];
+        for (what, len, scratch) in streams {
+            if !scratch {
+                continue;
+            }
             if len > cap {
                 return Err(corrupt(format!(
                     "{} expands its {what} stream to {len} bytes, over {cap} for a {}-byte entry",
@@ -42,13 +49,14 @@ fn check_scratch(header: &Header, entry: &Entry, tmp_dir: &Path) -> Result<(), D
     }
     let free = crate::support::fsutil::free_bytes(tmp_dir)?;
     if free < need {
-        return Err(DeltaError::Io(io::Error::other(format!(
+        // Not the bundle's fault: defer (the node may fetch the full bundle or free space).
+        return Err(DeltaError::Base(format!(
             "rebuilding {} needs {} MiB of scratch space in {}, {} MiB free",
             entry.name,
             need.div_ceil(1 << 20),
             tmp_dir.display(),
             free >> 20
-        ))));
+        )));
     }
     Ok(())
 }
@@ -224,7 +232,10 @@ mod tests {
         );
         let huge = 1u64 << 50;
         let e = check_scratch(&header(huge), &entry(huge / 4), &dir).unwrap_err();
-        assert!(e.to_string().contains("scratch space"), "{e}");
+        assert!(
+            matches!(&e, DeltaError::Base(m) if m.contains("scratch space")),
+            "{e}"
+        );
         check_scratch(&header(40_000), &entry(10_442), &dir).unwrap();
     }
 }

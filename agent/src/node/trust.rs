@@ -98,6 +98,9 @@ pub fn current(config: &Config) -> Result<Option<(KeyList, Vec<u8>)>> {
 /// Warnings for `status` and `doctor` when first contact is unprotected.
 pub fn first_contact_warnings(config: &Config) -> Vec<String> {
     let mut w = Vec::new();
+    if let Err(e) = floor(config) {
+        w.push(format!("trust_floor unusable: {}", e.msg));
+    }
     let no_floor = matches!(floor(config), Ok(Floor::None));
     if config.root_keys.is_some() && no_floor && stored(&config.state_dir).ok().flatten().is_none()
     {

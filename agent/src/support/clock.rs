@@ -51,6 +51,8 @@ pub fn from_env() -> Box<dyn Clock> {
 
 /// How far a signed time may run ahead of a plausible system clock before it is clamped.
 pub const SIGNED_LEAD: u64 = 24 * 3600;
+/// With a reset clock, how far one signed document may move the floor.
+pub const DEAD_CLOCK_STEP: u64 = 30 * 24 * 3600;
 /// Signed times past this (2100-01-01) are refused as documents and never enter the ratchet.
 pub const MAX_SIGNED_TIME: u64 = 4_102_444_800;
 
@@ -84,17 +86,29 @@ impl Ratchet {
     /// the clock plus [`SIGNED_LEAD`]; with a dead RTC the signed time is the best time there is.
     pub fn observe_signed(&self, signed: u64, clock: &dyn Clock) -> std::io::Result<()> {
         let floor = self.floor();
-        let system = clock.now();
-        let t = if system >= floor {
-            signed.min(system.saturating_add(SIGNED_LEAD))
-        } else {
-            signed
-        }
-        .min(MAX_SIGNED_TIME);
+        let t = signed.min(self.signed_cap(clock));
         if t > floor {
+            if let Some(dir) = self.path.parent().filter(|d| !d.exists()) {
+                crate::support::fsutil::create_dir_mode(dir, 0o700)?;
+            }
             write_atomic(&self.path, format!("{t}\n").as_bytes(), false)?;
         }
         Ok(())
+    }
+
+    /// The most a signed time may raise the floor to now. A plausible clock (not more than a day
+    /// behind the floor) caps it at clock + a day, on every raise, so repeated mis-dated documents
+    /// cannot walk it forward; with a dead RTC the floor may move at most [`DEAD_CLOCK_STEP`] per
+    /// document. Never past [`MAX_SIGNED_TIME`].
+    pub fn signed_cap(&self, clock: &dyn Clock) -> u64 {
+        let floor = self.floor();
+        let system = clock.now();
+        let cap = if system.saturating_add(SIGNED_LEAD) >= floor {
+            system.saturating_add(SIGNED_LEAD)
+        } else {
+            floor.saturating_add(DEAD_CLOCK_STEP)
+        };
+        cap.min(MAX_SIGNED_TIME)
     }
 }
 
@@ -131,9 +145,13 @@ mod tests {
         // A signed created of 2^63 with a sane clock: clamped to clock + 1 day.
         r.observe_signed(1 << 63, &FixedClock(now)).unwrap();
         assert_eq!(r.floor(), now + day);
-        // With a dead RTC the signed time counts, but never past 2100.
+        // Again and again: the cap holds on every raise (attack finding: it used to hold once).
+        r.observe_signed(1 << 63, &FixedClock(now)).unwrap();
+        r.observe_signed(1 << 63, &FixedClock(now)).unwrap();
+        assert_eq!(r.floor(), now + day);
+        // With a dead RTC a signed time moves the floor at most 30 days per document.
         r.observe_signed(u64::MAX, &FixedClock(0)).unwrap();
-        assert_eq!(r.floor(), MAX_SIGNED_TIME);
+        assert_eq!(r.floor(), now + day + DEAD_CLOCK_STEP);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

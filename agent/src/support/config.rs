@@ -287,7 +287,7 @@ impl Config {
                 "trust_floor" => {
                     let v = want_str(&value)?;
                     let version_form = v.split_once(':').is_some_and(|(n, h)| {
-                        n.parse::<u64>().is_ok()
+                        n.parse::<u64>().is_ok_and(|v| v > 0)
                             && h.len() == 64
                             && h.bytes().all(|b| b.is_ascii_hexdigit())
                     });

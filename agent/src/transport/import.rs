@@ -187,12 +187,7 @@ fn copy_verified(ctx: &Ctx, src: &Path, name: &str, node: &NodeFacts) -> Result<
         Err(e) => {
             drop(tee);
             let e = Error::new(e.exit, format!("{}: {}", src.display(), e.msg));
-            return Err(quarantine(
-                ctx,
-                &tmp,
-                e,
-                "copy of what was read before the failure",
-            ));
+            return Err(quarantine(ctx, src, Some(&tmp), e));
         }
     };
     let copied = tee.copied;
@@ -219,42 +214,21 @@ fn copy_verified(ctx: &Ctx, src: &Path, name: &str, node: &NodeFacts) -> Result<
     Ok((verified.manifest.cycle, dest))
 }
 
-/// A bad bundle on the medium: copy it (never move it) into quarantine and say so.
+/// A bad bundle on the medium: never moved, never copied (a stick of bad bundles must not fill
+/// state_dir); its reason is recorded in quarantine/ and the error says so.
 fn report_bad(ctx: &Ctx, src: &Path, e: Error) -> Error {
     let e = Error::new(e.exit, format!("{}: {}", src.display(), e.msg));
-    let tmp_dir = store::incoming_dir(&ctx.config.state_dir).join(".import");
-    let name = src
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "bundle.epb".into());
-    let tmp = tmp_dir.join(&name);
-    let size = std::fs::metadata(src).map(|m| m.len()).unwrap_or(0);
-    let room = crate::support::fsutil::create_dir_mode(&tmp_dir, 0o700)
-        .ok()
-        .and_then(|_| crate::support::fsutil::free_bytes(&tmp_dir).ok())
-        .is_some_and(|free| free >= size + SPACE_MARGIN);
-    if room && std::fs::copy(src, &tmp).is_ok() {
-        quarantine(ctx, &tmp, e, "copy")
-    } else {
-        log::warn!(
-            "no room to copy {} into quarantine; reported only",
-            src.display()
-        );
-        e
-    }
+    quarantine(ctx, src, None, e)
 }
 
-fn quarantine(ctx: &Ctx, copy: &Path, e: Error, what: &str) -> Error {
-    let now = Ratchet::new(&ctx.config.state_dir).now(ctx.clock);
-    let q = store::quarantine(&ctx.config.state_dir, copy, &e.msg, now);
-    if !matches!(q, Ok((_, true))) {
-        // Never leave a partial copy behind in incoming/.
-        let _ = std::fs::remove_file(copy);
+/// Record why `src` was refused; `partial` is the agent's own incomplete copy, which is removed.
+fn quarantine(ctx: &Ctx, src: &Path, partial: Option<&Path>, e: Error) -> Error {
+    if let Some(p) = partial {
+        let _ = std::fs::remove_file(p);
     }
-    Error::new(
-        e.exit,
-        format!("{} ({what}){}", e.msg, store::quarantine_note(&q)),
-    )
+    let now = Ratchet::new(&ctx.config.state_dir).now(ctx.clock);
+    let q = store::quarantine(&ctx.config.state_dir, src, &e.msg, now);
+    Error::new(e.exit, format!("{}{}", e.msg, store::quarantine_note(&q)))
 }
 
 #[cfg(test)]

@@ -19,13 +19,10 @@ pub fn trusted_keys(
     if config.root_keys.is_some() {
         let mut docs: Vec<(String, Vec<u8>)> = Vec::new();
         for d in dirs {
+            // A stick may hold anything at DIR/keylist: a FIFO, /dev/zero, a huge file.
             let p = d.join("keylist");
-            if let Ok(meta) = std::fs::metadata(&p) {
-                if meta.len() <= crate::bundle::signed::MAX_DOC as u64 {
-                    if let Ok(b) = std::fs::read(&p) {
-                        docs.push((p.display().to_string(), b));
-                    }
-                }
+            if let Ok(b) = crate::support::fsutil::read_capped(&p, crate::bundle::signed::MAX_DOC) {
+                docs.push((p.display().to_string(), b));
             }
         }
         if let (true, Some(mirror)) = (from_mirror, config.mirror.as_deref()) {

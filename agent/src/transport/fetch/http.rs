@@ -12,6 +12,9 @@ pub(super) fn read_timeout() -> Duration {
         .unwrap_or(READ_TIMEOUT)
 }
 
+/// The longest one index, order or key list download may take.
+pub(super) const DOC_DEADLINE: Duration = Duration::from_secs(60);
+
 pub(super) fn http_agent(stop: &Stop) -> ureq::Agent {
     let per_read = read_timeout().min(stop.remaining() + Duration::from_millis(100));
     ureq::Agent::config_builder()
@@ -114,7 +117,19 @@ pub(super) fn classify(url: &str, status: u16, resp: &ureq::http::Response<ureq:
 
 pub(super) fn fetch_index(url: &str, stop: &Stop, rng: &mut Rng) -> Result<Vec<u8>> {
     with_retries(stop, rng, INDEX_ATTEMPTS, url, |_| {
-        let agent = http_agent(stop);
+        // A signed document is at most MAX_DOC (1 MiB): at the 1 KiB/s minimum-progress rate
+        // that is well under DOC_DEADLINE, so a drip-fed index cannot hold the pass for hours.
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(read_timeout()))
+            .timeout_per_read(Some(read_timeout()))
+            .timeout_global(Some(
+                DOC_DEADLINE.min(stop.remaining() + Duration::from_millis(100)),
+            ))
+            .user_agent(format!("edgepatch/{}", crate::VERSION))
+            .max_redirects(3)
+            .build()
+            .into();
         let mut resp = agent
             .get(url)
             .call()
@@ -174,6 +189,7 @@ pub(super) fn accept_index(ctx: &Ctx, url: &str, doc: &[u8], now: u64) -> Result
     let seen = Record::load(&seen_path(sd)).ok().flatten();
     if let Some(seen) = seen.filter(|s| s.get("variant") == Some(&ctx.config.variant)) {
         let last = seen.num("published").unwrap_or(0);
+        let last = last.min(Ratchet::new(sd).signed_cap(ctx.clock));
         if ix.published < last || (ix.published == last && seen.get("sha256") != Some(&sum)) {
             return Err(Error::new(
                 Exit::NotApplicable,
@@ -185,9 +201,12 @@ pub(super) fn accept_index(ctx: &Ctx, url: &str, doc: &[u8], now: u64) -> Result
             ));
         }
     }
+    // Remember the published time only up to what trusted time may reach now: an index dated in
+    // the future (a publisher's wrong clock) must not make every honest index look stale.
+    let published = ix.published.min(Ratchet::new(sd).signed_cap(ctx.clock));
     let mut r = Record::new();
     r.set("variant", &ix.variant)
-        .set("published", ix.published)
+        .set("published", published)
         .set("expires", ix.expires)
         .set("sha256", &sum);
     let p = seen_path(sd);
