@@ -26,6 +26,12 @@ APT_PACKAGES=(
     gcc                   # TLS agent only: ring's C for x86_64 musl (cross/build.sh sets CC)
     libc6-dev-arm64-cross # TLS agent only: C headers for the aarch64/armv7 cross compilers
     libc6-dev-armhf-cross
+    lintian               # scripts/package.sh output checked by tests/package.sh
+    rpmlint
+    debootstrap           # tests/image/build-vm-image.sh: bookworm tree and VM disk
+    qemu-system-x86       # scripts/vm-test.sh boots that image (TCG)
+    dosfstools            # vfat USB stick image for scripts/vm-test.sh
+    mtools
 )
 
 RUST_TARGETS=(
