@@ -95,6 +95,7 @@ stage() {
 D=$WORK/deb
 stage "$D" /lib/systemd/system /lib/udev/rules.d "debian-12-$DEBARCH"
 install -m 0644 dist/deb/copyright "$D/usr/share/doc/edgepatch/copyright"
+install -D -m 0644 dist/deb/lintian-overrides "$D/usr/share/lintian/overrides/edgepatch"
 sed "s/@VERSION@/$VERSION/" dist/deb/changelog | gzip -9n >"$D/usr/share/doc/edgepatch/changelog.gz"
 install -d -m 0755 "$D/DEBIAN"
 size=$(du -sk --exclude=DEBIAN "$D" | cut -f1)
