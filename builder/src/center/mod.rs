@@ -170,6 +170,11 @@ pub fn summary_text(p: &dashboard::Page) -> String {
     if p.cycles.is_empty() {
         s += "no cycle reported yet\n";
     }
-    let _ = writeln!(s, "(summary query {:.1} ms)", p.summary_ms);
+    let _ = writeln!(
+        s,
+        "(as of {}; summary query {:.1} ms)",
+        edgepatch::support::clock::iso_utc(u64::try_from(p.now).unwrap_or(0)),
+        p.summary_ms
+    );
     s
 }
