@@ -212,7 +212,7 @@ pub fn pass(ctx: &Ctx, opts: &Options, info: &mut RunInfo) -> Result<String> {
         return Ok(format!(
             "nothing to fetch: installed sequence {}, index (published {}) offers {}",
             installed.map_or("none".into(), |s| s.to_string()),
-            ix.published,
+            crate::support::clock::iso_utc(ix.published),
             ix.bundles
                 .iter()
                 .map(|b| b.sequence)
