@@ -63,6 +63,14 @@ for n in 2 3; do
     "$B" build --key keys/edgepatch.key --variant $V --cycle c$n --sequence $n \
         --out c$n.epb cycle-$n >/dev/null
 done
+# c4: the agent updates itself: its own .deb with a higher version, through a bundle.
+dpkg-deb -R "$DEB" self
+sed -i 's/^Version: .*/&+vmtest1/' self/DEBIAN/control
+mkdir -p cycle-4
+dpkg-deb --root-owner-group -Zxz --build self cycle-4/edgepatch-self.deb >/dev/null
+rm -rf self
+"$B" build --key keys/edgepatch.key --variant $V --cycle c4 --sequence 4 --out c4.epb cycle-4 \
+    >/dev/null
 mkdir -p mirror
 
 # USB stick: vfat, label EDGEPATCH, holding c2.

@@ -194,11 +194,18 @@ def case_b(vm):
     vm.monitor(f"drive_add 0 if=none,id=stick,file={W}/usb.img,format=raw,readonly=on")
     vm.monitor("device_add usb-storage,bus=xhci.0,drive=stick,id=stick0")
     end = time.time() + 300
-    while version(vm) != "1.1 ii":
+    unit = "edgepatch-usb@sda.service"
+    while True:
+        _, st = vm.sh(f"systemctl show -p ActiveState -p Result -p ExecMainStatus {unit}")
+        st = dict(l.split("=", 1) for l in st.split() if "=" in l)
+        if st.get("ActiveState") in ("inactive", "failed") and version(vm) == "1.1 ii":
+            break
         if time.time() > end:
             _, j = vm.sh("journalctl -u 'edgepatch-usb@*' -n 8 --no-pager -o cat")
-            raise Failed(f"kiosk-app {version(vm)!r} after plugging the stick; {j.strip()[-400:]}")
+            raise Failed(f"kiosk-app {version(vm)!r}, {unit} {st}; {j.strip()[-400:]}")
         time.sleep(3)
+    if st.get("Result") != "success" or st.get("ExecMainStatus") != "0":
+        raise Failed(f"{unit}: {st}")
     rc, _ = vm.sh("mountpoint -q /run/edgepatch/usb")
     if rc == 0:
         raise Failed("stick still mounted at /run/edgepatch/usb")
@@ -238,6 +245,22 @@ def case_c(box, port):
     print(f"vm: c recovered to {which}", flush=True)
 
 
+@case("e agent-self-update")
+def case_e(vm):
+    _, old = vm.sh("dpkg-query -W -f='${Version}' edgepatch")
+    publish("c4.epb")
+    service(vm, 0, "success")
+    _, new = vm.sh("dpkg-query -W -f='${Version} ${db:Status-Abbrev}' edgepatch")
+    if new.strip() != f"{old.strip()}+vmtest1 ii":
+        raise Failed(f"edgepatch package {old!r} -> {new!r}")
+    rc, out = vm.sh("edgepatch status")
+    if rc != 0 or "installed c4 seq 4" not in out:
+        raise Failed(f"status after the self-update: rc {rc} {out!r}")
+    _, en = vm.sh("systemctl is-enabled edgepatch.timer edgepatch-recover.service")
+    if en.split() != ["enabled", "enabled"]:
+        raise Failed(f"units after the self-update: {en!r}")
+
+
 @case("f console-80-columns")
 def case_f(vm):
     for cmd in ["edgepatch status", "edgepatch doctor", "edgepatch keys"]:
@@ -270,6 +293,8 @@ def main():
         box = [vm]
         case_c(box, port)
         vm = box[0]
+        if vm.p.poll() is None:
+            case_e(vm)
         if vm.p.poll() is None:
             vm.poweroff()
     except Failed as e:
