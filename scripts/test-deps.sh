@@ -26,8 +26,13 @@ APT_PACKAGES=(
     gcc                   # TLS agent only: ring's C for x86_64 musl (cross/build.sh sets CC)
     libc6-dev-arm64-cross # TLS agent only: C headers for the aarch64/armv7 cross compilers
     libc6-dev-armhf-cross
-    debootstrap           # tests/image/build-image.sh: real Debian 12 minbase image for preserve tests
+    debootstrap           # tests/image/build-image.sh (preserve) and build-vm-image.sh (VM)
     dpkg-repack           # host-only baseline the native repack (agent preserve) is compared with
+    lintian               # scripts/package.sh output checked by tests/package.sh
+    rpmlint
+    qemu-system-x86       # scripts/vm-test.sh boots that image (TCG)
+    dosfstools            # vfat USB stick image for scripts/vm-test.sh
+    mtools
 )
 
 RUST_TARGETS=(

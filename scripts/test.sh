@@ -10,6 +10,10 @@
 #                              unit tests and the end-to-end tests in tests/ (they run the binaries)
 # 5. cross/footprint.sh        static musl agents (x86_64, aarch64, armv7), size and RSS budgets,
 #                              allowed crates, unit tests and a verify smoke run under qemu
+# 6. tests/package.sh          .deb and .rpm (scripts/package.sh), lintian, install and purge in a
+#                              debootstrapped bookworm tree (cached in target/images/)
+# 7. scripts/vm-test.sh        boots that tree as a VM (qemu TCG, serial console): timer/service
+#                              outcomes, USB stick, power cut + recovery unit, 80-column output
 # Every step runs even if an earlier one failed; the exit code is non-zero if any failed. The last
 # line sums up the cargo test results ("tests: N passed, N failed").
 set -uo pipefail
@@ -49,6 +53,8 @@ step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step test run_tests
 step footprint bash cross/footprint.sh
+step package bash tests/package.sh
+step vm bash scripts/vm-test.sh
 
 passed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^passed/) s += $i } END { print s + 0 }' "$LOG")
 nfailed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^failed/) s += $i } END { print s + 0 }' "$LOG")
@@ -56,7 +62,7 @@ echo
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "FAILED steps: ${failed[*]}"
 else
-    echo "all steps passed: deps fmt clippy test footprint"
+    echo "all steps passed: deps fmt clippy test footprint package vm"
 fi
 echo "tests: $passed passed, $nfailed failed"
 [ "${#failed[@]}" -eq 0 ]

@@ -977,3 +977,32 @@ fn slow_mirror_neither_holds_the_install_lock_nor_the_pass() {
     assert!(stderr.contains("too slow"), "{stderr}");
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }
+
+/// After a rollback, `fetch` (and so `run`) does not download the refused cycle again.
+#[test]
+fn rolled_back_cycle_is_not_fetched_again() {
+    let f = Fleet::new("dist-refused");
+    let (b1, b2) = (f.bundle("c1", 1, 50_000), f.bundle("c2", 2, 50_000));
+    f.publish(&[&b1], &[]);
+    let server = FaultyServer::start(&f.mirror);
+    let node = f.node("n", &server.url(), "snapshot = \"packages\"\n");
+    fetch(&node, &[]).expect(0);
+    node.agent(&["apply"]).expect(0);
+    f.publish(&[&b2], &[]);
+    fetch(&node, &[]).expect(0);
+    node.agent(&["apply"]).expect(0);
+    node.agent(&["rollback"]).expect(0);
+    assert_eq!(deb_version(&node.root, "ep-big").as_deref(), Some("1.0 ii"));
+    for name in incoming(&node) {
+        std::fs::remove_file(node.state_dir.join("incoming").join(name)).unwrap();
+    }
+    let before = bundle_requests(&server).len();
+    let r = fetch(&node, &[]).expect(0);
+    assert!(r.stdout.contains("nothing to fetch"), "{}", r.stdout);
+    assert_eq!(
+        bundle_requests(&server).len(),
+        before,
+        "c2 downloaded again"
+    );
+    assert!(incoming(&node).is_empty(), "{:?}", incoming(&node));
+}

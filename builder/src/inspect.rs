@@ -40,7 +40,11 @@ pub fn run(file: &Path, as_json: bool) -> Result<()> {
     }
     println!("variant   {}", m.variant);
     println!("cycle     {}  sequence {}", m.cycle, m.sequence);
-    println!("created   {}  expires {}", m.created, m.expires);
+    println!(
+        "created   {}  expires {}",
+        edgepatch::support::clock::iso_utc(m.created),
+        edgepatch::support::clock::iso_utc(m.expires)
+    );
     println!(
         "signed by {} (not checked here; use verify)",
         signers.join(",")

@@ -31,6 +31,7 @@
 
 use crate::bundle::format::{hex, parse_hex, KEY_ID_LEN};
 use crate::bundle::keys::{self, TrustedKey};
+use crate::support::clock::iso_utc;
 use crate::support::error::{Error, Exit, Result};
 use crate::support::kv::Record;
 use ed25519_compact::PublicKey;
@@ -240,13 +241,14 @@ impl KeyList {
                     Some(format!("is revoked (key list version {v})"))
                 } else if k.expires <= now {
                     Some(format!(
-                        "expired at {} (key list version {v}, node time {now})",
-                        k.expires
+                        "expired at {} (key list version {v}, node time {})",
+                        iso_utc(k.expires),
+                        iso_utc(now)
                     ))
                 } else if self.expires <= now {
                     Some(format!(
                         "is in key list version {v}, which expired at {}; import a newer key list",
-                        self.expires
+                        iso_utc(self.expires)
                     ))
                 } else {
                     None
@@ -387,8 +389,10 @@ pub fn check_successor(
         return Err(Error::new(
             Exit::NotApplicable,
             format!(
-                "key list version {} expired at {} (node time {now}); sign a fresh one",
-                list.version, list.expires
+                "key list version {} expired at {} (node time {}); sign a fresh one",
+                list.version,
+                iso_utc(list.expires),
+                iso_utc(now)
             ),
         ));
     }

@@ -92,7 +92,9 @@ pub fn check_applicable(m: &Manifest, node: &NodeFacts) -> Result<()> {
     if m.expires <= node.now {
         return na(format!(
             "bundle {} expired at {} (node time {}); build a new one",
-            m.cycle, m.expires, node.now
+            m.cycle,
+            crate::support::clock::iso_utc(m.expires),
+            crate::support::clock::iso_utc(node.now)
         ));
     }
     if let Some(installed) = node.installed_sequence {

@@ -175,12 +175,9 @@ pub fn use_colour() -> bool {
         && nix::unistd::isatty(std::io::stdout().as_raw_fd()).unwrap_or(false)
 }
 
-/// `YYYY-MM-DD HH:MM` of unix seconds, UTC.
+/// ISO-8601 UTC of unix seconds (`support::clock::iso_utc`).
 pub fn utc_minutes(t: u64) -> String {
-    let t = i64::try_from(t).unwrap_or(i64::MAX / 2);
-    let (y, m, d) = crate::support::tz::civil_from_days(t.div_euclid(86_400));
-    let s = t.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", s / 3600, s % 3600 / 60)
+    crate::support::clock::iso_utc(t)
 }
 
 /// Bytes as a short human number (KiB, MiB, GiB; one decimal).
@@ -291,7 +288,7 @@ fn check_keys(config: &Config, now: u64) -> Check {
             msg += &format!(
                 "; key list v{} expires {}",
                 l.version,
-                utc_minutes(l.expires).split(' ').next().unwrap_or("")
+                utc_minutes(l.expires).split('T').next().unwrap_or("")
             );
             if l.expires <= now.saturating_add(KEYLIST_SOON) {
                 Check::warn("keys", msg, "sign a new key list and import it before then")
@@ -321,7 +318,7 @@ fn check_first_contact(config: &Config) -> Check {
 fn check_clock(config: &Config, clock: &dyn Clock) -> Check {
     let system = clock.now();
     let trusted = Ratchet::new(&config.state_dir).floor();
-    let sys = format!("system {} UTC", utc_minutes(system));
+    let sys = format!("system {}", utc_minutes(system));
     if system < CLOCK_FLOOR {
         return Check::warn(
             "clock",
@@ -662,8 +659,8 @@ mod tests {
 
     #[test]
     fn times_and_sizes() {
-        assert_eq!(utc_minutes(0), "1970-01-01 00:00");
-        assert_eq!(utc_minutes(1_795_000_000), "2026-11-18 11:06");
+        assert_eq!(utc_minutes(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_minutes(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(human(512), "512 B");
         assert_eq!(human(3 << 30), "3.0 GiB");
     }

@@ -3,6 +3,7 @@
 //! agent's own records (installed, journal, last-result, quarantine), never read back.
 
 use crate::node::state::Installed;
+use crate::support::clock::{iso_utc, iso_utc_text};
 use crate::support::config::Config;
 use crate::support::error::Exit;
 use crate::support::json::{self, Object};
@@ -129,11 +130,15 @@ impl Status {
                 .str("result", last.get("result").unwrap_or("-"))
                 .str("reason", last.get("reason").unwrap_or(""))
                 .num("time", last.num("time").unwrap_or(0))
+                .str("time_date", &iso_utc(last.num("time").unwrap_or(0)))
                 .opt_str("cycle", last.get("cycle").filter(|c| *c != "-"));
             for key in ["restored", "snapshot", "next_window", "health"] {
                 if let Some(v) = last.get(key) {
                     o = o.str(key, v);
                 }
+            }
+            if let Some(next) = last.get("next_window") {
+                o = o.str("next_window_date", &iso_utc_text(next));
             }
             o.finish()
         };
@@ -153,6 +158,10 @@ impl Status {
             .opt_str("installed_cycle", inst.map(|i| i.cycle.as_str()))
             .opt_num("installed_sequence", inst.map(|i| i.sequence))
             .opt_num("applied_at", inst.map(|i| i.applied_at))
+            .opt_str(
+                "applied_at_date",
+                inst.map(|i| iso_utc(i.applied_at)).as_deref(),
+            )
             .str("step", &self.step)
             .raw("last_result", &last_json)
             .raw("staged", staged.as_deref().unwrap_or("null"))
@@ -191,7 +200,9 @@ impl Status {
             Some(i) => {
                 s += &format!(
                     "installed {} seq {} at {}\n",
-                    i.cycle, i.sequence, i.applied_at
+                    i.cycle,
+                    i.sequence,
+                    iso_utc(i.applied_at)
                 )
             }
             None => s += "installed nothing yet\n",
@@ -203,13 +214,16 @@ impl Status {
                 self.last.get("command").unwrap_or("-"),
                 r,
                 self.last.get("exit").unwrap_or("?"),
-                self.last.get("time").unwrap_or("?")
+                iso_utc_text(self.last.get("time").unwrap_or("?"))
             );
             if let Some(reason) = self.last.get("reason").filter(|r| !r.is_empty()) {
                 s += &format!("reason    {reason}\n");
             }
             if let Some(restored) = self.last.get("restored") {
                 s += &format!("restored  {restored}\n");
+            }
+            if let Some(next) = self.last.get("next_window") {
+                s += &format!("next      window opens {}\n", iso_utc_text(next));
             }
         }
         if !self.quarantined.is_empty() {

@@ -11,7 +11,7 @@
 use crate::bundle::format::hex;
 use crate::bundle::keylist::{check_successor, KeyList, KEYLIST_FILE};
 use crate::bundle::keys::{self, TrustedKey};
-use crate::support::clock::Ratchet;
+use crate::support::clock::{iso_utc, Ratchet};
 use crate::support::config::Config;
 use crate::support::error::{Error, Exit, Result};
 use std::path::{Path, PathBuf};
@@ -244,8 +244,8 @@ pub fn describe(config: &Config, now: u64) -> Result<String> {
             out += &format!(
                 "source: key list version {} (issued {}, expires {}{})\n",
                 list.version,
-                list.issued,
-                list.expires,
+                iso_utc(list.issued),
+                iso_utc(list.expires),
                 if list.expires <= now { ", EXPIRED" } else { "" }
             );
             let ids: Vec<String> = list.roots.iter().map(|r| hex(&keys::key_id(r))).collect();
@@ -272,7 +272,7 @@ pub fn describe(config: &Config, now: u64) -> Result<String> {
         let expiry = stored
             .as_ref()
             .and_then(|(l, _)| l.keys.iter().find(|r| r.id == k.id))
-            .map(|r| format!("expires {}", r.expires))
+            .map(|r| format!("expires {}", iso_utc(r.expires)))
             .unwrap_or_else(|| "no expiry".into());
         let state = match &k.refused {
             None => "ok".to_string(),

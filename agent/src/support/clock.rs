@@ -56,6 +56,25 @@ pub const DEAD_CLOCK_STEP: u64 = 30 * 24 * 3600;
 /// Signed times past this (2100-01-01) are refused as documents and never enter the ratchet.
 pub const MAX_SIGNED_TIME: u64 = 4_102_444_800;
 
+/// The one format for times people read: ISO-8601 UTC, `2025-06-02T10:00:00Z` (20 columns).
+/// Status files keep the numbers; text output, logs and error messages use this.
+pub fn iso_utc(t: u64) -> String {
+    let t = i64::try_from(t).unwrap_or(i64::MAX / 2);
+    let (y, m, d) = crate::support::tz::civil_from_days(t.div_euclid(86_400));
+    let s = t.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// `iso_utc` of a number kept as text (last-result fields); anything else is shown as it is.
+pub fn iso_utc_text(t: &str) -> String {
+    t.parse().map(iso_utc).unwrap_or_else(|_| t.to_string())
+}
+
 pub struct Ratchet {
     path: PathBuf,
 }
@@ -114,6 +133,17 @@ impl Ratchet {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn iso_utc_dates() {
+        use super::{iso_utc, iso_utc_text};
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(iso_utc(1_795_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(iso_utc(4_102_444_799), "2099-12-31T23:59:59Z");
+        assert_eq!(iso_utc_text("86399"), "1970-01-01T23:59:59Z");
+        assert_eq!(iso_utc_text("?"), "?");
+    }
+
     use super::*;
 
     #[test]

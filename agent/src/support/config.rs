@@ -221,6 +221,27 @@ fn parse_lines(text: &str) -> std::result::Result<Vec<Line>, (usize, String)> {
     Ok(out)
 }
 
+/// The node id when `node_id` is empty or absent: ROOT/etc/machine-id, trimmed. An image baked
+/// for the whole fleet ships that file empty and systemd writes a unique id at first boot; an
+/// empty or `uninitialized` one (first boot not finished) is refused, never shared.
+pub fn machine_id(root: &Path) -> Result<String> {
+    let path = root.join("etc/machine-id");
+    let hint = "set node_id in the config, or boot once so systemd writes it";
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::usage(format!(
+            "node_id is empty and {} cannot be read ({e}); {hint}",
+            path.display()
+        ))
+    })?;
+    match text.trim() {
+        "" | "uninitialized" => Err(Error::usage(format!(
+            "node_id is empty and so is {} (not initialized); {hint}",
+            path.display()
+        ))),
+        id => Ok(id.to_string()),
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let bytes = crate::support::fsutil::read_capped(path, MAX_CONFIG).map_err(|e| {
@@ -280,7 +301,11 @@ impl Config {
                 )),
             };
             match key.as_str() {
-                "node_id" => node_id = Some(want_str(&value)?),
+                // Empty means "use /etc/machine-id" (one image for the whole fleet).
+                "node_id" => match value {
+                    Value::Str(s) => node_id = Some(s),
+                    _ => return Err(at(line, "node_id must be a string".into())),
+                },
                 "variant" => variant = Some(want_str(&value)?),
                 "trusted_keys" => trusted_keys = Some(PathBuf::from(want_str(&value)?)),
                 "root_keys" => root_keys = Some(PathBuf::from(want_str(&value)?)),
@@ -424,7 +449,10 @@ impl Config {
             }
         }
         let missing = |k: &str| Error::usage(format!("{origin}: required key {k} is missing"));
-        let node_id = node_id.ok_or_else(|| missing("node_id"))?;
+        let node_id = match node_id.filter(|n| !n.is_empty()) {
+            Some(n) => n,
+            None => machine_id(&root).map_err(|e| Error::usage(format!("{origin}: {}", e.msg)))?,
+        };
         let variant = variant.ok_or_else(|| missing("variant"))?;
         if trusted_keys.is_none() && root_keys.is_none() {
             return Err(missing("trusted_keys (or root_keys)"));
@@ -546,10 +574,47 @@ health_timeout = 60
             let text = format!("variant = \"v\"\ntrusted_keys = \"k\"\n{bad}\n");
             assert!(Config::parse(&text, "c").is_err(), "{bad}");
         }
-        assert!(Config::parse("variant = \"v\"\n", "c")
-            .unwrap_err()
-            .msg
-            .contains("node_id"));
+        assert!(
+            Config::parse("variant = \"v\"\nroot = \"/nonexistent\"\n", "c")
+                .unwrap_err()
+                .msg
+                .contains("node_id is empty and /nonexistent/etc/machine-id cannot be read")
+        );
+    }
+
+    #[test]
+    fn empty_node_id_uses_machine_id_under_root() {
+        let dir = std::env::temp_dir().join(format!("edgepatch-machine-id-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        let conf = format!(
+            "node_id = \"\"\nvariant = \"v\"\ntrusted_keys = \"k\"\nroot = \"{}\"\n",
+            dir.display()
+        );
+        let id_file = dir.join("etc/machine-id");
+        std::fs::write(&id_file, "0123456789abcdef0123456789abcdef\n").unwrap();
+        assert_eq!(
+            Config::parse(&conf, "c").unwrap().node_id,
+            "0123456789abcdef0123456789abcdef"
+        );
+        // Absent node_id: the same.
+        let absent = conf.replace("node_id = \"\"\n", "");
+        assert_eq!(
+            Config::parse(&absent, "c").unwrap().node_id,
+            "0123456789abcdef0123456789abcdef"
+        );
+        for bad in ["", "\n", "uninitialized\n"] {
+            std::fs::write(&id_file, bad).unwrap();
+            let e = Config::parse(&conf, "c").unwrap_err();
+            assert_eq!(
+                e.msg,
+                format!(
+                    "c: node_id is empty and so is {} (not initialized); set node_id in the config, or boot once so systemd writes it",
+                    id_file.display()
+                ),
+                "{bad:?}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -479,6 +479,11 @@ pub fn summary_text(p: &dashboard::Page) -> String {
             p.unaccepted
         );
     }
-    let _ = writeln!(s, "(summary query {:.1} ms)", p.summary_ms);
+    let _ = writeln!(
+        s,
+        "(as of {}; summary query {:.1} ms)",
+        edgepatch::support::clock::iso_utc(u64::try_from(p.now).unwrap_or(0)),
+        p.summary_ms
+    );
     s
 }

@@ -179,8 +179,9 @@ pub(super) fn accept_index(ctx: &Ctx, url: &str, doc: &[u8], now: u64) -> Result
         return Err(Error::new(
             Exit::NotApplicable,
             format!(
-                "{url}: index expired at {} (node time {now}); the mirror is stale, re-run publish",
-                ix.expires
+                "{url}: index expired at {} (node time {}); the mirror is stale, re-run publish",
+                crate::support::clock::iso_utc(ix.expires),
+                crate::support::clock::iso_utc(now)
             ),
         ));
     }

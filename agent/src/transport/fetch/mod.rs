@@ -208,8 +208,16 @@ pub fn pass(ctx: &Ctx, opts: &Options, info: &mut RunInfo) -> Result<String> {
     let mut rng = Rng::seeded();
     let index_url = format!("{mirror}/{}/index", cfg.variant);
     let doc = fetch_index(&index_url, &stop, &mut rng)?;
-    let ix = accept_index(ctx, &index_url, &doc, now)?;
+    let mut ix = accept_index(ctx, &index_url, &doc, now)?;
     carry_out_orders(ctx, mirror, &ix, &stop, &mut rng, info);
+    // A cycle rolled back here (state_dir/refused) would only be refused again: never fetch it.
+    ix.bundles.retain(|b| {
+        let refused = crate::node::marks::is_refused(&cfg.state_dir, &b.cycle);
+        if refused {
+            log::info!("cycle {} was rolled back here: not fetched", b.cycle);
+        }
+        !refused
+    });
 
     let installed = Installed::load(&cfg.state_dir)?.map(|i| i.sequence);
     // The packages of the bundle applied last are the base a delta bundle is rebuilt from.
@@ -220,7 +228,7 @@ pub fn pass(ctx: &Ctx, opts: &Options, info: &mut RunInfo) -> Result<String> {
         return Ok(format!(
             "nothing to fetch: installed sequence {}, index (published {}) offers {}",
             installed.map_or("none".into(), |s| s.to_string()),
-            ix.published,
+            crate::support::clock::iso_utc(ix.published),
             ix.bundles
                 .iter()
                 .map(|b| b.sequence)
