@@ -256,6 +256,29 @@ fn real_packages_from_the_corpus() {
     }
     let has_onig = picked.iter().any(|n| n.starts_with("libonig5_"));
     let node = f.node("n");
+    // The scratch root copies the host's dpkg status; when the host has jq & co. they would look
+    // installed there without any of their files, and the preserve step rightly refuses to repack
+    // a package whose dpkg file list is missing. This test installs them fresh.
+    let status = node.root.join("var/lib/dpkg/status");
+    let ours = ["jq", "libjq1", "libonig5", "hello", "tree"];
+    let kept: String = std::fs::read_to_string(&status)
+        .unwrap()
+        .split("\n\n")
+        .filter(|s| {
+            let name = s.lines().find_map(|l| l.strip_prefix("Package: "));
+            // ... and whatever on the host depends on them (yq needs jq, say).
+            let needs_ours = s
+                .lines()
+                .filter(|l| l.starts_with("Depends: ") || l.starts_with("Pre-Depends: "))
+                .flat_map(|l| l.split(|c: char| !(c.is_alphanumeric() || c == '-')))
+                .any(|w| ours.contains(&w));
+            let ours = name.is_some_and(|n| ours.contains(&n)) || needs_ours;
+            // Without libonig5 in the corpus, the host's must stay (libjq1 needs it).
+            !ours || (!has_onig && name == Some("libonig5"))
+        })
+        .map(|s| format!("{}\n\n", s.trim_end()))
+        .collect();
+    std::fs::write(&status, kept).unwrap();
     if !has_onig {
         // libjq1 needs libonig5; take the host's if it has it, else skip the install checks.
         if deb_version(Path::new("/"), "libonig5").is_none() {
