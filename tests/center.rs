@@ -590,6 +590,41 @@ fn mirror_is_served_with_ranges() {
     assert_ne!(r.body, "no");
 }
 
+#[test]
+fn mirror_follows_symlinks_out_of_the_tree() {
+    let s = Scratch::new("center-mirror-links");
+    let mirror = s.join("mirror");
+    let outside = s.join("outside");
+    std::fs::create_dir_all(mirror.join("debian-12")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(mirror.join("debian-12/b.epb"), b"0123456789").unwrap();
+    std::fs::write(s.join("secret"), b"top-secret").unwrap();
+    std::fs::write(outside.join("x.key"), b"top-secret").unwrap();
+    std::os::unix::fs::symlink(s.join("secret"), mirror.join("link.key")).unwrap();
+    std::os::unix::fs::symlink(&outside, mirror.join("dirlink")).unwrap();
+    std::os::unix::fs::symlink("../secret", mirror.join("rel.key")).unwrap();
+    std::os::unix::fs::symlink("nowhere", mirror.join("dangling")).unwrap();
+    // A link that stays inside the tree is fine.
+    std::os::unix::fs::symlink("debian-12/b.epb", mirror.join("latest.epb")).unwrap();
+    let srv = Server::start(&s.join("c.db"), &["--mirror", mirror.to_str().unwrap()]);
+    for p in [
+        "/mirror/link.key",
+        "/mirror/dirlink/x.key",
+        "/mirror/dirlink/",
+        "/mirror/rel.key",
+        "/mirror/%6cink.key",
+        "/mirror/dangling",
+    ] {
+        let r = get(&srv, p);
+        assert_eq!(r.status, 404, "{p}: {} {}", r.status, r.body);
+        assert!(!r.body.contains("top-secret"), "{p}: {}", r.body);
+    }
+    let r = get(&srv, "/mirror/latest.epb");
+    assert_eq!((r.status, r.body.as_str()), (200, "0123456789"));
+    let r = get(&srv, "/mirror/debian-12/b.epb");
+    assert_eq!((r.status, r.body.as_str()), (200, "0123456789"));
+}
+
 /// Seed a fleet: 30 nodes over HTTP with three cycles, 3 silent ones from old USB exports.
 fn seed_fleet(srv: &Server, s: &Scratch, db: &Path) -> Vec<(&'static str, u64)> {
     let t = now();

@@ -427,6 +427,46 @@ async fn not_found() -> Response {
     )
 }
 
+/// Does the request path (relative to the mirror) stay inside `root` once every symlink is
+/// resolved? A path that does not exist passes: ServeDir answers 404 for it.
+fn inside_mirror(root: &std::path::Path, url_path: &str) -> bool {
+    let Ok(decoded) = percent_encoding::percent_decode_str(url_path).decode_utf8() else {
+        return false;
+    };
+    let mut p = root.to_path_buf();
+    for part in decoded.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return false,
+            _ if part.contains('\\') || part.contains('\0') => return false,
+            _ => p.push(part),
+        }
+    }
+    match p.canonicalize() {
+        Ok(real) => real.starts_with(root),
+        // Missing: let ServeDir say 404. Anything else (a loop, no permission): refuse.
+        Err(e) => {
+            e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(&p).is_err()
+        }
+    }
+}
+
+async fn mirror_guard(
+    State(root): State<Arc<PathBuf>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path().to_string();
+    let root2 = root.clone();
+    let ok = tokio::task::spawn_blocking(move || inside_mirror(&root2, &path))
+        .await
+        .unwrap_or(false);
+    if !ok {
+        return err(StatusCode::NOT_FOUND, "no such file in the mirror");
+    }
+    next.run(req).await
+}
+
 pub fn router(center: Shared, mirror: Option<PathBuf>) -> Router {
     let mut app = Router::new()
         .route(
@@ -443,8 +483,13 @@ pub fn router(center: Shared, mirror: Option<PathBuf>) -> Router {
         .fallback(not_found)
         .with_state(center);
     if let Some(dir) = mirror {
-        // ServeDir refuses paths that leave `dir` and answers Range requests.
-        app = app.nest_service("/mirror", ServeDir::new(dir));
+        // ServeDir refuses `..` and answers Range requests; the guard also refuses anything that
+        // resolves (through a symlink) outside the mirror root.
+        let root = Arc::new(dir.canonicalize().unwrap_or_else(|_| dir.clone()));
+        let mirror = Router::new()
+            .fallback_service(ServeDir::new(dir))
+            .layer(axum::middleware::from_fn_with_state(root, mirror_guard));
+        app = app.nest_service("/mirror", mirror);
     }
     // Test hook (debug builds only, and only when asked for): a handler that panics.
     if cfg!(debug_assertions) && std::env::var_os("EDGEPATCH_CENTER_TEST_PANIC").is_some() {
