@@ -494,6 +494,80 @@ fn usb_export_tampered_by_one_byte_is_rejected() {
 }
 
 #[test]
+fn ingest_rejects_a_whole_usb_export_when_one_report_in_it_is_refused() {
+    let s = Scratch::new("center-usb-partial");
+    let db = s.join("center.db");
+    let db_arg = db.to_str().unwrap();
+    let st = s.join("node");
+    let t = now();
+    report::spool(&st, &rep("n-part", Some("c1"), "apply", 6, t - 100)).unwrap();
+    // A clock three days ahead: this one report is refused, not the export.
+    report::spool(&st, &rep("n-part", Some("c1"), "apply", 0, t + 3 * 86_400)).unwrap();
+    report::spool(&st, &rep("n-part", Some("c1"), "verify", 0, t - 50)).unwrap();
+    let usb = s.join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    report::export_status(&st, &usb).unwrap();
+    let r = edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb.to_str().unwrap()]).expect(0);
+    assert!(
+        r.stdout
+            .contains("3 report(s): 2 new, 0 already known, 1 refused"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("REFUSED") && r.stderr.contains("more than a day ahead"),
+        "{}",
+        r.stderr
+    );
+    accept_all(&db);
+    let f = fleet_cmd(&db, &["node", "n-part"]).expect(0);
+    assert!(f.stdout.contains("verify"), "{}", f.stdout);
+    // The spool still holds the bad one: the next export is stored too.
+    report::spool(&st, &rep("n-part", Some("c2"), "apply", 0, t)).unwrap();
+    let usb2 = s.join("usb2");
+    std::fs::create_dir_all(&usb2).unwrap();
+    report::export_status(&st, &usb2).unwrap();
+    let r = edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb2.to_str().unwrap()]).expect(0);
+    assert!(r.stdout.contains("1 new"), "{}", r.stdout);
+}
+
+#[test]
+fn ingest_reads_export_json_whole_with_no_size_cap() {
+    let s = Scratch::new("center-usb-huge");
+    let db = s.join("center.db");
+    let usb = s.join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    // 300 MB (sparse): refused from its size, before reading.
+    let f = std::fs::File::create(usb.join(report::EXPORT_JSON)).unwrap();
+    f.set_len(300 << 20).unwrap();
+    std::fs::write(usb.join(report::EXPORT_SIG), "x").unwrap();
+    std::fs::write(usb.join(report::NODE_PUB_FILE), "x").unwrap();
+    let started = Instant::now();
+    let r = edgepatch_e2e::builder(&[
+        "ingest",
+        "--db",
+        db.to_str().unwrap(),
+        usb.to_str().unwrap(),
+    ])
+    .expect(1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        r.stderr.contains("314572800 bytes, at most 4194304"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr
+            .lines()
+            .filter(|l| l.contains("314572800 bytes"))
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn bad_input_gets_a_clear_4xx_and_slow_clients_do_not_stall_others() {
     let s = Scratch::new("center-bad");
     let srv = Server::start(&s.join("c.db"), &[]);
