@@ -568,6 +568,45 @@ fn ingest_reads_export_json_whole_with_no_size_cap() {
 }
 
 #[test]
+fn fleet_piped_into_head_panics_with_broken_pipe() {
+    let s = Scratch::new("center-epipe");
+    let db = s.join("center.db");
+    let st = s.join("node");
+    for i in 0..40 {
+        report::spool(
+            &st,
+            &rep("n-pipe", Some(&format!("c{i}")), "apply", 0, now() - 100),
+        )
+        .unwrap();
+    }
+    let usb = s.join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    report::export_status(&st, &usb).unwrap();
+    let db_arg = db.to_str().unwrap();
+    edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb.to_str().unwrap()]).expect(0);
+    accept_all(&db);
+    for args in [
+        &["fleet", "--db", db_arg][..],
+        &["fleet", "--db", db_arg, "node", "n-pipe"],
+    ] {
+        let mut child = Command::new(ensure_builder())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -0`: the reader is gone before the first line.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn bad_input_gets_a_clear_4xx_and_slow_clients_do_not_stall_others() {
     let s = Scratch::new("center-bad");
     let srv = Server::start(&s.join("c.db"), &[]);
