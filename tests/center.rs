@@ -606,6 +606,76 @@ fn fleet_piped_into_head_panics_with_broken_pipe() {
     }
 }
 
+/// GET, read the head and Content-Length bytes of body, close. 0 when the connection failed.
+fn quick_get(addr: SocketAddr, path: &str) -> u16 {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    if r.read_line(&mut line).unwrap_or(0) == 0 {
+        return 0;
+    }
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 {
+            return 0;
+        }
+        if h == "\r\n" {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; len];
+    if r.read_exact(&mut body).is_err() {
+        return 0;
+    }
+    status
+}
+
+#[test]
+fn per_client_connection_counter_releases_the_slot_late() {
+    let s = Scratch::new("center-per-client");
+    let srv = Server::start(&s.join("c.db"), &[]);
+    let addr = srv.addr;
+    // 20 well-behaved clients from one address (under the cap of 32), 20 requests each, a new
+    // connection per request: every one is answered.
+    let workers: Vec<_> = (0..20)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut bad = Vec::new();
+                for _ in 0..20 {
+                    // Like Python's http.client: read the answer's Content-Length bytes and
+                    // hang up, without waiting for the server to close first.
+                    let status = quick_get(addr, "/api/v1/reports");
+                    if status != 200 {
+                        bad.push(status);
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    let bad: Vec<u16> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(bad.is_empty(), "{} of 400 failed: {bad:?}", bad.len());
+}
+
 #[test]
 fn bad_input_gets_a_clear_4xx_and_slow_clients_do_not_stall_others() {
     let s = Scratch::new("center-bad");

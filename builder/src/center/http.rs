@@ -518,31 +518,95 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Open connections in total; further ones wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Open connections per client address; further ones are closed at once.
+    /// Open connections per client address; further ones wait briefly, then are closed.
     pub max_per_client: usize,
 }
 
-/// Open connections per client address.
+/// Open connections per client address. A slot is held by a [`Slot`] guard, so it is freed the
+/// moment the connection's task ends, however it ends.
 #[derive(Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+struct PerClient {
+    open: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections waiting for a slot, per address: at most the cap again, so one address
+    /// cannot hold the global connection slots by queueing.
+    waiting: Mutex<HashMap<IpAddr, usize>>,
+    /// Woken whenever a slot is freed.
+    freed: tokio::sync::Notify,
+}
+
+/// How long a connection over its client's cap waits for one of that client's connections to
+/// end before it is closed. A client that closes a connection and opens the next one at once
+/// (HTTP/1.0 style, or Python's http.client) is counted twice for the few moments the center
+/// takes to see the first close; a client holding all its connections open still is refused.
+const PER_CLIENT_GRACE: Duration = Duration::from_secs(2);
+
+struct Slot {
+    table: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        {
+            let mut m = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
+        self.table.freed.notify_waiters();
+    }
+}
 
 impl PerClient {
-    fn enter(&self, ip: IpAddr, max: usize) -> bool {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    fn try_enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
+        let mut m = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_insert(0);
         if *n >= max {
-            return false;
+            return None;
         }
         *n += 1;
-        true
+        Some(Slot {
+            table: self.clone(),
+            ip,
+        })
     }
 
-    fn leave(&self, ip: IpAddr) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&ip) {
+    /// A slot for `ip`, waiting up to `grace` for one to be freed.
+    async fn enter(self: &Arc<Self>, ip: IpAddr, max: usize, grace: Duration) -> Option<Slot> {
+        {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let n = w.entry(ip).or_insert(0);
+            if *n >= max {
+                return None;
+            }
+            *n += 1;
+        }
+        let got = self.wait(ip, max, grace).await;
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = w.get_mut(&ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                m.remove(&ip);
+                w.remove(&ip);
+            }
+        }
+        got
+    }
+
+    async fn wait(self: &Arc<Self>, ip: IpAddr, max: usize, grace: Duration) -> Option<Slot> {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            // Register for the wake-up before looking, so a slot freed in between is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(s) = self.try_enter(ip, max) {
+                return Some(s);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return None;
             }
         }
     }
@@ -576,21 +640,29 @@ async fn accept_loop(
             },
         };
         let ip = peer.ip();
-        if !per_client.enter(ip, limits.max_per_client) {
-            drop(stream);
-            continue;
-        }
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let per_client = per_client.clone();
         tokio::spawn(async move {
+            let slot = match per_client.try_enter(ip, limits.max_per_client) {
+                Some(s) => s,
+                None => {
+                    match per_client
+                        .enter(ip, limits.max_per_client, PER_CLIENT_GRACE)
+                        .await
+                    {
+                        Some(s) => s,
+                        None => return, // drops the stream (and the permit)
+                    }
+                }
+            };
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = conn.await;
-            per_client.leave(ip);
+            drop(slot);
             drop(permit);
         });
     }

@@ -39,7 +39,7 @@ pub struct ServeArgs {
     /// Open connections in total (more wait in the kernel backlog)
     #[arg(long, default_value_t = 512)]
     pub max_connections: usize,
-    /// Open connections per client address (more are closed at once)
+    /// Open connections per client address (more wait up to 2 s for one to end, then are closed)
     #[arg(long, default_value_t = 32)]
     pub max_per_client: usize,
 }
