@@ -677,6 +677,97 @@ fn per_client_connection_counter_releases_the_slot_late() {
 }
 
 #[test]
+fn unaccepted_keys_can_fill_the_disk_and_bury_a_nodes_history() {
+    let s = Scratch::new("center-bury");
+    let db = s.join("c.db");
+    let srv = Server::start(&db, &[]);
+    let t = now();
+    let node = "store-9-till-1";
+    let kp = keypair(10);
+    let pk = hex(kp.pk.as_ref());
+    let mine = rep(node, Some("c1"), "apply", 0, t - 500).to_json(&pk, 1);
+    assert_eq!(post_env(&srv, &kp, &[mine]).status, 200);
+    accept_all(&db);
+    // Ten made-up keys under the same id, 150 reports each.
+    for k in 0..10 {
+        let kp = keypair(100 + k);
+        let pk = hex(kp.pk.as_ref());
+        let reps: Vec<String> = (0..150)
+            .map(|i| rep(node, Some("c1"), "apply", 6, t - 100).to_json(&pk, i + 1))
+            .collect();
+        let r = post_env(&srv, &kp, &reps);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let m = get(&srv, "/metrics");
+    assert!(
+        m.body.contains("edgepatch_center_reports_stored 801\n"),
+        "{}",
+        m.body
+    );
+    let f = fleet_cmd(&db, &["node", node]).expect(0);
+    let pending: Vec<&str> = f
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" unaccepted "))
+        .collect();
+    assert_eq!(pending.len(), 8, "{}", f.stdout);
+    assert!(
+        pending.iter().all(|l| l.ends_with("(100 reports)")),
+        "{}",
+        f.stdout
+    );
+    // The accepted key's history comes first; the others follow, capped, in their own section.
+    let lines: Vec<&str> = f.stdout.lines().collect();
+    let head = lines
+        .iter()
+        .position(|l| l.contains("received (UTC)"))
+        .unwrap();
+    assert!(lines[head + 1].contains("c1") && !lines[head + 1].contains("not counted"));
+    let sep = lines
+        .iter()
+        .position(|l| l.contains("NOT accepted"))
+        .expect(&f.stdout);
+    assert_eq!(sep, head + 2, "{}", f.stdout);
+    let shown = lines[sep..]
+        .iter()
+        .filter(|l| l.contains("(not counted)"))
+        .count();
+    assert_eq!(shown, 50, "{}", f.stdout);
+    let page = get(&srv, &format!("/nodes/{node}"));
+    assert_eq!(page.status, 200);
+    let h = page.body.find("id=history").unwrap();
+    let u = page.body.find("id=unaccepted").expect(&page.body);
+    assert!(h < u);
+    assert!(!page.body[h..u].contains("(not counted)"));
+    assert_eq!(page.body[u..].matches("(not counted)").count(), 50);
+}
+
+#[test]
+fn per_key_report_counts_count_attempts() {
+    let s = Scratch::new("center-replays");
+    let db = s.join("c.db");
+    let srv = Server::start(&db, &[]);
+    let t = now();
+    let kp = keypair(20);
+    let pk = hex(kp.pk.as_ref());
+    let reps = [
+        rep("n-replay", Some("c1"), "verify", 0, t - 100).to_json(&pk, 1),
+        rep("n-replay", Some("c1"), "apply", 0, t - 50).to_json(&pk, 2),
+    ];
+    for _ in 0..3 {
+        assert_eq!(post_env(&srv, &kp, &reps).status, 200);
+    }
+    let f = fleet_cmd(&db, &["node", "n-replay"]).expect(0);
+    assert!(f.stdout.contains("unaccepted (2 reports)"), "{}", f.stdout);
+    let l = fleet_cmd(&db, &["list", "--state", "unaccepted"]).expect(0);
+    assert!(l.stdout.contains("reports 2 "), "{}", l.stdout);
+    accept_all(&db);
+    assert_eq!(post_env(&srv, &kp, &reps).status, 200);
+    let f = fleet_cmd(&db, &["node", "n-replay"]).expect(0);
+    assert!(f.stdout.contains("accepted (2 reports)"), "{}", f.stdout);
+}
+
+#[test]
 fn bad_input_gets_a_clear_4xx_and_slow_clients_do_not_stall_others() {
     let s = Scratch::new("center-bad");
     let srv = Server::start(&s.join("c.db"), &[]);

@@ -387,10 +387,12 @@ async fn get_node(State(c): State<Shared>, UrlPath(id): UrlPath<String>) -> Resp
                 return Ok(None);
             };
             let hist = db::history(conn, &id, 200)?;
+            let pending = db::pending_history(conn, &id, super::PENDING_SHOWN)?;
             Ok(Some(dashboard::render_node(
                 &node,
                 status.as_deref(),
                 &hist,
+                &pending,
                 now,
             )))
         })

@@ -343,11 +343,13 @@ fn show_node(conn: &rusqlite::Connection, id: &str, json: bool, cutoff: i64) -> 
         "no node {id} in the database; see 'fleet list'"
     );
     let hist = db::history(conn, id, 1000)?;
+    let pending = db::pending_history(conn, id, PENDING_SHOWN)?;
     if json {
         let v = serde_json::json!({
             "node": node.as_ref().map(|(n, _)| n),
             "keys": keys,
             "history": hist,
+            "unaccepted_history": pending,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -365,8 +367,23 @@ fn show_node(conn: &rusqlite::Connection, id: &str, json: bool, cutoff: i64) -> 
     for k in &keys {
         println!("  key {} {} ({} reports)", k.key_id, k.status, k.reports);
     }
+    print_history(&hist);
+    if !pending.is_empty() {
+        println!(
+            "  reports under keys NOT accepted for this id (newest {PENDING_SHOWN} at most; \
+             not counted; a reimaged node or an impostor):"
+        );
+        print_history(&pending);
+    }
+    Ok(())
+}
+
+/// Most reports under unaccepted keys shown by `fleet node` and the node page.
+pub const PENDING_SHOWN: usize = 50;
+
+fn print_history(hist: &[db::HistoryRow]) {
     println!("  received (UTC)    node clock (UTC)  seq  cycle        command  exit state");
-    for r in &hist {
+    for r in hist {
         println!(
             "  {}  {}  {:>4} {:<12} {:<8} {:>4} {}{} {}",
             dashboard::utc(r.received),
@@ -380,7 +397,6 @@ fn show_node(conn: &rusqlite::Connection, id: &str, json: bool, cutoff: i64) -> 
             r.reason
         );
     }
-    Ok(())
 }
 
 fn pct(n: u64, of: u64) -> f64 {
