@@ -768,6 +768,56 @@ fn per_key_report_counts_count_attempts() {
 }
 
 #[test]
+fn fingerprints_the_same_node_key_is_shown_three_different_ways() {
+    let s = Scratch::new("center-fingerprint");
+    let db = s.join("c.db");
+    let db_arg = db.to_str().unwrap();
+    let st = s.join("node");
+    report::spool(&st, &rep("n-fp", Some("c1"), "apply", 0, now() - 100)).unwrap();
+    let usb = s.join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    let export = report::export_status(&st, &usb).unwrap();
+    let pub_text = std::fs::read_to_string(export.join(report::NODE_PUB_FILE)).unwrap();
+    let raw: [u8; 32] =
+        edgepatch::bundle::format::parse_hex(pub_text.split_whitespace().last().unwrap()).unwrap();
+    // First 16 hex digits of sha256 of the raw 32-byte key.
+    let fp = hex(&edgepatch::bundle::format::sha256(&raw)[..8]);
+    assert_eq!(edgepatch::bundle::report::key_fingerprint(&raw), fp);
+
+    let r = edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb.to_str().unwrap()]).expect(0);
+    assert!(
+        r.stdout.contains(&format!("node key {fp} ")),
+        "{fp}: {}",
+        r.stdout
+    );
+    let l = fleet_cmd(&db, &["list", "--state", "unaccepted"]).expect(0);
+    assert!(
+        l.stdout.contains(&format!("key {fp} ")),
+        "{fp}: {}",
+        l.stdout
+    );
+    let n = fleet_cmd(&db, &["node", "n-fp"]).expect(0);
+    assert!(
+        n.stdout.contains(&format!("key {fp} ")),
+        "{fp}: {}",
+        n.stdout
+    );
+    let srv = Server::start(&db, &[]);
+    let d = get(&srv, "/?state=unaccepted");
+    assert!(
+        d.body.contains(&format!("<code>{fp}</code>")),
+        "{fp}: {}",
+        d.body
+    );
+    // A signature over other bytes under that key: the 401 names the same fingerprint.
+    let body = std::fs::read_to_string(export.join(report::EXPORT_JSON)).unwrap();
+    let sig = std::fs::read_to_string(export.join(report::EXPORT_SIG)).unwrap();
+    let r = post_signed(&srv, &body.replacen('{', "{ ", 1), &sig);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains(&fp), "{fp}: {}", r.body);
+}
+
+#[test]
 fn bad_input_gets_a_clear_4xx_and_slow_clients_do_not_stall_others() {
     let s = Scratch::new("center-bad");
     let srv = Server::start(&s.join("c.db"), &[]);

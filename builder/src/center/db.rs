@@ -220,11 +220,14 @@ fn ord_of(key_no: i64, report_seq: i64) -> i64 {
     (key_no.clamp(0, i64::from(i32::MAX)) << 32) | report_seq.clamp(0, i64::from(u32::MAX))
 }
 
-/// Short fingerprint of a node key for people (the key itself is never served).
+/// Fingerprint of a node key (64 hex digits) for people, the key itself is never served:
+/// `edgepatch::bundle::report::key_fingerprint`, the same everywhere.
 pub fn key_id(pubkey: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(pubkey.as_bytes());
-    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    match edgepatch::bundle::format::parse_hex::<32>(pubkey) {
+        Some(k) => edgepatch::bundle::report::key_fingerprint(&k),
+        // Stored keys are checked to be 64 hex digits; never shown as something else.
+        None => "(malformed key)".into(),
+    }
 }
 
 /// What counting needs of one report (from the wire or from the `reports` table).
@@ -837,7 +840,7 @@ pub fn preauthorize(
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct KeyRow {
     pub node_id: String,
-    /// Fingerprint (sha256 of the hex key, 16 hex digits), never the key.
+    /// Fingerprint (`key_fingerprint`: 16 hex digits of sha256 of the raw key), never the key.
     pub key_id: String,
     pub status: String,
     pub variant: Option<String>,

@@ -9,7 +9,9 @@ use super::model::{open_envelope_partial, Envelope, EnvelopeError, Refused, MAX_
 use anyhow::{bail, Context};
 use edgepatch::bundle::format::hex;
 use edgepatch::bundle::keys;
-use edgepatch::bundle::report::{EXPORT_JSON, EXPORT_SIG, NODE_PUB_FILE, SIGNATURE_TAG};
+use edgepatch::bundle::report::{
+    key_fingerprint, EXPORT_JSON, EXPORT_SIG, NODE_PUB_FILE, SIGNATURE_TAG,
+};
 use edgepatch::support::error::{Error as AgentError, Exit};
 use std::path::{Path, PathBuf};
 
@@ -94,7 +96,7 @@ pub fn verify_export(dir: &Path) -> anyhow::Result<(Envelope, Vec<Refused>)> {
                 format!(
                     "signature in {EXPORT_SIG} does not match the bytes of {EXPORT_JSON} \
                  (node key {})",
-                    hex(&pk.id)
+                    key_fingerprint(&pk.key)
                 ),
             ),
             EnvelopeError::Invalid(m) => anyhow::anyhow!("{}: {m}", dir.display()),

@@ -331,7 +331,7 @@ fn open(
         .map_err(|_| {
             EnvelopeError::BadSignature(format!(
                 "signature does not match the body under node key {}; nothing stored",
-                &raw.node_pubkey[..16]
+                edgepatch::bundle::report::key_fingerprint(&key)
             ))
         })?;
     if raw.reports.len() > MAX_REPORTS {
