@@ -205,8 +205,9 @@ fn fleet_cmd(db: &Path, args: &[&str]) -> edgepatch_e2e::Run {
     edgepatch_e2e::builder(&a)
 }
 
+/// Accept every waiting new node (the tests' fleets are all ours: no 20-at-once limit).
 fn accept_all(db: &Path) {
-    fleet_cmd(db, &["accept", "--all-pending"]).expect(0);
+    fleet_cmd(db, &["accept", "--all-pending", "--max", "100000"]).expect(0);
 }
 
 /// A number after `"key":` in JSON text.
@@ -815,6 +816,48 @@ fn fingerprints_the_same_node_key_is_shown_three_different_ways() {
     let r = post_signed(&srv, &body.replacen('{', "{ ", 1), &sig);
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains(&fp), "{fp}: {}", r.body);
+}
+
+#[test]
+fn accept_all_pending_plus_halt_over_lets_an_outsider_sign_a_halt() {
+    let s = Scratch::new("center-bulk-accept");
+    let db = s.join("c.db");
+    let srv = Server::start(&db, &[]);
+    let t = now();
+    // 25 made-up nodes, all failing the cycle.
+    for i in 0..25u64 {
+        let kp = keypair(300 + i);
+        let pk = hex(kp.pk.as_ref());
+        let node = format!("made-up-{i}");
+        let r = rep(&node, Some("c1"), "apply", 6, t - 10).to_json(&pk, 1);
+        assert_eq!(post_env(&srv, &kp, &[r]).status, 200);
+    }
+    // A routine bulk accept refuses more than 20 at once, whole.
+    let r = fleet_cmd(&db, &["accept", "--all-pending"]).expect(1);
+    assert!(
+        r.stderr
+            .contains("25 new nodes wait, more than 20 at once: nothing accepted"),
+        "{}",
+        r.stderr
+    );
+    let l = fleet_cmd(&db, &["list", "--state", "unaccepted"]).expect(0);
+    assert!(l.stdout.contains("25 key(s) wait"), "{}", l.stdout);
+    let f = fleet_cmd(&db, &["--json"]).expect(0);
+    assert!(f.stdout.contains("\"nodes\": 0,"), "{}", f.stdout);
+    // Deliberately: every id is printed with its key's fingerprint.
+    let r = fleet_cmd(&db, &["accept", "--all-pending", "--max", "25"]).expect(0);
+    let kp = keypair(300);
+    let fp = edgepatch::bundle::report::key_fingerprint(&kp.pk);
+    assert!(
+        r.stdout
+            .contains(&format!("node made-up-0: key {fp} accepted")),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.stdout.matches(" accepted, ").count(), 25, "{}", r.stdout);
+    // --max without --all-pending is a usage error.
+    let r = fleet_cmd(&db, &["accept", "--max", "3", "made-up-1"]);
+    assert!(r.stderr.contains("--max"), "{}", r.stderr);
 }
 
 #[test]
