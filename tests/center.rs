@@ -205,8 +205,9 @@ fn fleet_cmd(db: &Path, args: &[&str]) -> edgepatch_e2e::Run {
     edgepatch_e2e::builder(&a)
 }
 
+/// Accept every waiting new node (the tests' fleets are all ours: no 20-at-once limit).
 fn accept_all(db: &Path) {
-    fleet_cmd(db, &["accept", "--all-pending"]).expect(0);
+    fleet_cmd(db, &["accept", "--all-pending", "--max", "100000"]).expect(0);
 }
 
 /// A number after `"key":` in JSON text.
@@ -494,6 +495,372 @@ fn usb_export_tampered_by_one_byte_is_rejected() {
 }
 
 #[test]
+fn ingest_rejects_a_whole_usb_export_when_one_report_in_it_is_refused() {
+    let s = Scratch::new("center-usb-partial");
+    let db = s.join("center.db");
+    let db_arg = db.to_str().unwrap();
+    let st = s.join("node");
+    let t = now();
+    report::spool(&st, &rep("n-part", Some("c1"), "apply", 6, t - 100)).unwrap();
+    // A clock three days ahead: this one report is refused, not the export.
+    report::spool(&st, &rep("n-part", Some("c1"), "apply", 0, t + 3 * 86_400)).unwrap();
+    report::spool(&st, &rep("n-part", Some("c1"), "verify", 0, t - 50)).unwrap();
+    let usb = s.join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    report::export_status(&st, &usb).unwrap();
+    let r = edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb.to_str().unwrap()]).expect(0);
+    assert!(
+        r.stdout
+            .contains("3 report(s): 2 new, 0 already known, 1 refused"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("REFUSED") && r.stderr.contains("more than a day ahead"),
+        "{}",
+        r.stderr
+    );
+    accept_all(&db);
+    let f = fleet_cmd(&db, &["node", "n-part"]).expect(0);
+    assert!(f.stdout.contains("verify"), "{}", f.stdout);
+    // The spool still holds the bad one: the next export is stored too.
+    report::spool(&st, &rep("n-part", Some("c2"), "apply", 0, t)).unwrap();
+    let usb2 = s.join("usb2");
+    std::fs::create_dir_all(&usb2).unwrap();
+    report::export_status(&st, &usb2).unwrap();
+    let r = edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb2.to_str().unwrap()]).expect(0);
+    assert!(r.stdout.contains("1 new"), "{}", r.stdout);
+}
+
+#[test]
+fn ingest_reads_export_json_whole_with_no_size_cap() {
+    let s = Scratch::new("center-usb-huge");
+    let db = s.join("center.db");
+    let usb = s.join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    // 300 MB (sparse): refused from its size, before reading.
+    let f = std::fs::File::create(usb.join(report::EXPORT_JSON)).unwrap();
+    f.set_len(300 << 20).unwrap();
+    std::fs::write(usb.join(report::EXPORT_SIG), "x").unwrap();
+    std::fs::write(usb.join(report::NODE_PUB_FILE), "x").unwrap();
+    let started = Instant::now();
+    let r = edgepatch_e2e::builder(&[
+        "ingest",
+        "--db",
+        db.to_str().unwrap(),
+        usb.to_str().unwrap(),
+    ])
+    .expect(1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        r.stderr.contains("314572800 bytes, at most 4194304"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr
+            .lines()
+            .filter(|l| l.contains("314572800 bytes"))
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn fleet_piped_into_head_panics_with_broken_pipe() {
+    let s = Scratch::new("center-epipe");
+    let db = s.join("center.db");
+    let st = s.join("node");
+    for i in 0..40 {
+        report::spool(
+            &st,
+            &rep("n-pipe", Some(&format!("c{i}")), "apply", 0, now() - 100),
+        )
+        .unwrap();
+    }
+    let usb = s.join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    report::export_status(&st, &usb).unwrap();
+    let db_arg = db.to_str().unwrap();
+    edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb.to_str().unwrap()]).expect(0);
+    accept_all(&db);
+    for args in [
+        &["fleet", "--db", db_arg][..],
+        &["fleet", "--db", db_arg, "node", "n-pipe"],
+    ] {
+        let mut child = Command::new(ensure_builder())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -0`: the reader is gone before the first line.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// GET, read the head and Content-Length bytes of body, close. 0 when the connection failed.
+fn quick_get(addr: SocketAddr, path: &str) -> u16 {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    if r.read_line(&mut line).unwrap_or(0) == 0 {
+        return 0;
+    }
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 {
+            return 0;
+        }
+        if h == "\r\n" {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; len];
+    if r.read_exact(&mut body).is_err() {
+        return 0;
+    }
+    status
+}
+
+#[test]
+fn per_client_connection_counter_releases_the_slot_late() {
+    let s = Scratch::new("center-per-client");
+    let srv = Server::start(&s.join("c.db"), &[]);
+    let addr = srv.addr;
+    // 20 well-behaved clients from one address (under the cap of 32), 20 requests each, a new
+    // connection per request: every one is answered.
+    let workers: Vec<_> = (0..20)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut bad = Vec::new();
+                for _ in 0..20 {
+                    // Like Python's http.client: read the answer's Content-Length bytes and
+                    // hang up, without waiting for the server to close first.
+                    let status = quick_get(addr, "/api/v1/reports");
+                    if status != 200 {
+                        bad.push(status);
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    let bad: Vec<u16> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(bad.is_empty(), "{} of 400 failed: {bad:?}", bad.len());
+}
+
+#[test]
+fn unaccepted_keys_can_fill_the_disk_and_bury_a_nodes_history() {
+    let s = Scratch::new("center-bury");
+    let db = s.join("c.db");
+    let srv = Server::start(&db, &[]);
+    let t = now();
+    let node = "store-9-till-1";
+    let kp = keypair(10);
+    let pk = hex(kp.pk.as_ref());
+    let mine = rep(node, Some("c1"), "apply", 0, t - 500).to_json(&pk, 1);
+    assert_eq!(post_env(&srv, &kp, &[mine]).status, 200);
+    accept_all(&db);
+    // Ten made-up keys under the same id, 150 reports each.
+    for k in 0..10 {
+        let kp = keypair(100 + k);
+        let pk = hex(kp.pk.as_ref());
+        let reps: Vec<String> = (0..150)
+            .map(|i| rep(node, Some("c1"), "apply", 6, t - 100).to_json(&pk, i + 1))
+            .collect();
+        let r = post_env(&srv, &kp, &reps);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let m = get(&srv, "/metrics");
+    assert!(
+        m.body.contains("edgepatch_center_reports_stored 801\n"),
+        "{}",
+        m.body
+    );
+    let f = fleet_cmd(&db, &["node", node]).expect(0);
+    let pending: Vec<&str> = f
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" unaccepted "))
+        .collect();
+    assert_eq!(pending.len(), 8, "{}", f.stdout);
+    assert!(
+        pending.iter().all(|l| l.ends_with("(100 reports)")),
+        "{}",
+        f.stdout
+    );
+    // The accepted key's history comes first; the others follow, capped, in their own section.
+    let lines: Vec<&str> = f.stdout.lines().collect();
+    let head = lines
+        .iter()
+        .position(|l| l.contains("received (UTC)"))
+        .unwrap();
+    assert!(lines[head + 1].contains("c1") && !lines[head + 1].contains("not counted"));
+    let sep = lines
+        .iter()
+        .position(|l| l.contains("NOT accepted"))
+        .expect(&f.stdout);
+    assert_eq!(sep, head + 2, "{}", f.stdout);
+    let shown = lines[sep..]
+        .iter()
+        .filter(|l| l.contains("(not counted)"))
+        .count();
+    assert_eq!(shown, 50, "{}", f.stdout);
+    let page = get(&srv, &format!("/nodes/{node}"));
+    assert_eq!(page.status, 200);
+    let h = page.body.find("id=history").unwrap();
+    let u = page.body.find("id=unaccepted").expect(&page.body);
+    assert!(h < u);
+    assert!(!page.body[h..u].contains("(not counted)"));
+    assert_eq!(page.body[u..].matches("(not counted)").count(), 50);
+}
+
+#[test]
+fn per_key_report_counts_count_attempts() {
+    let s = Scratch::new("center-replays");
+    let db = s.join("c.db");
+    let srv = Server::start(&db, &[]);
+    let t = now();
+    let kp = keypair(20);
+    let pk = hex(kp.pk.as_ref());
+    let reps = [
+        rep("n-replay", Some("c1"), "verify", 0, t - 100).to_json(&pk, 1),
+        rep("n-replay", Some("c1"), "apply", 0, t - 50).to_json(&pk, 2),
+    ];
+    for _ in 0..3 {
+        assert_eq!(post_env(&srv, &kp, &reps).status, 200);
+    }
+    let f = fleet_cmd(&db, &["node", "n-replay"]).expect(0);
+    assert!(f.stdout.contains("unaccepted (2 reports)"), "{}", f.stdout);
+    let l = fleet_cmd(&db, &["list", "--state", "unaccepted"]).expect(0);
+    assert!(l.stdout.contains("reports 2 "), "{}", l.stdout);
+    accept_all(&db);
+    assert_eq!(post_env(&srv, &kp, &reps).status, 200);
+    let f = fleet_cmd(&db, &["node", "n-replay"]).expect(0);
+    assert!(f.stdout.contains("accepted (2 reports)"), "{}", f.stdout);
+}
+
+#[test]
+fn fingerprints_the_same_node_key_is_shown_three_different_ways() {
+    let s = Scratch::new("center-fingerprint");
+    let db = s.join("c.db");
+    let db_arg = db.to_str().unwrap();
+    let st = s.join("node");
+    report::spool(&st, &rep("n-fp", Some("c1"), "apply", 0, now() - 100)).unwrap();
+    let usb = s.join("usb");
+    std::fs::create_dir_all(&usb).unwrap();
+    let export = report::export_status(&st, &usb).unwrap();
+    let pub_text = std::fs::read_to_string(export.join(report::NODE_PUB_FILE)).unwrap();
+    let raw: [u8; 32] =
+        edgepatch::bundle::format::parse_hex(pub_text.split_whitespace().last().unwrap()).unwrap();
+    // First 16 hex digits of sha256 of the raw 32-byte key.
+    let fp = hex(&edgepatch::bundle::format::sha256(&raw)[..8]);
+    assert_eq!(edgepatch::bundle::report::key_fingerprint(&raw), fp);
+
+    let r = edgepatch_e2e::builder(&["ingest", "--db", db_arg, usb.to_str().unwrap()]).expect(0);
+    assert!(
+        r.stdout.contains(&format!("node key {fp} ")),
+        "{fp}: {}",
+        r.stdout
+    );
+    let l = fleet_cmd(&db, &["list", "--state", "unaccepted"]).expect(0);
+    assert!(
+        l.stdout.contains(&format!("key {fp} ")),
+        "{fp}: {}",
+        l.stdout
+    );
+    let n = fleet_cmd(&db, &["node", "n-fp"]).expect(0);
+    assert!(
+        n.stdout.contains(&format!("key {fp} ")),
+        "{fp}: {}",
+        n.stdout
+    );
+    let srv = Server::start(&db, &[]);
+    let d = get(&srv, "/?state=unaccepted");
+    assert!(
+        d.body.contains(&format!("<code>{fp}</code>")),
+        "{fp}: {}",
+        d.body
+    );
+    // A signature over other bytes under that key: the 401 names the same fingerprint.
+    let body = std::fs::read_to_string(export.join(report::EXPORT_JSON)).unwrap();
+    let sig = std::fs::read_to_string(export.join(report::EXPORT_SIG)).unwrap();
+    let r = post_signed(&srv, &body.replacen('{', "{ ", 1), &sig);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains(&fp), "{fp}: {}", r.body);
+}
+
+#[test]
+fn accept_all_pending_plus_halt_over_lets_an_outsider_sign_a_halt() {
+    let s = Scratch::new("center-bulk-accept");
+    let db = s.join("c.db");
+    let srv = Server::start(&db, &[]);
+    let t = now();
+    // 25 made-up nodes, all failing the cycle.
+    for i in 0..25u64 {
+        let kp = keypair(300 + i);
+        let pk = hex(kp.pk.as_ref());
+        let node = format!("made-up-{i}");
+        let r = rep(&node, Some("c1"), "apply", 6, t - 10).to_json(&pk, 1);
+        assert_eq!(post_env(&srv, &kp, &[r]).status, 200);
+    }
+    // A routine bulk accept refuses more than 20 at once, whole.
+    let r = fleet_cmd(&db, &["accept", "--all-pending"]).expect(1);
+    assert!(
+        r.stderr
+            .contains("25 new nodes wait, more than 20 at once: nothing accepted"),
+        "{}",
+        r.stderr
+    );
+    let l = fleet_cmd(&db, &["list", "--state", "unaccepted"]).expect(0);
+    assert!(l.stdout.contains("25 key(s) wait"), "{}", l.stdout);
+    let f = fleet_cmd(&db, &["--json"]).expect(0);
+    assert!(f.stdout.contains("\"nodes\": 0,"), "{}", f.stdout);
+    // Deliberately: every id is printed with its key's fingerprint.
+    let r = fleet_cmd(&db, &["accept", "--all-pending", "--max", "25"]).expect(0);
+    let kp = keypair(300);
+    let fp = edgepatch::bundle::report::key_fingerprint(&kp.pk);
+    assert!(
+        r.stdout
+            .contains(&format!("node made-up-0: key {fp} accepted")),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.stdout.matches(" accepted, ").count(), 25, "{}", r.stdout);
+    // --max without --all-pending is a usage error.
+    let r = fleet_cmd(&db, &["accept", "--max", "3", "made-up-1"]);
+    assert!(r.stderr.contains("--max"), "{}", r.stderr);
+}
+
+#[test]
 fn bad_input_gets_a_clear_4xx_and_slow_clients_do_not_stall_others() {
     let s = Scratch::new("center-bad");
     let srv = Server::start(&s.join("c.db"), &[]);
@@ -588,6 +955,41 @@ fn mirror_is_served_with_ranges() {
     let r = get(&srv, "/mirror/../secret");
     assert!(r.status == 404 || r.status == 400, "{}", r.status);
     assert_ne!(r.body, "no");
+}
+
+#[test]
+fn mirror_follows_symlinks_out_of_the_tree() {
+    let s = Scratch::new("center-mirror-links");
+    let mirror = s.join("mirror");
+    let outside = s.join("outside");
+    std::fs::create_dir_all(mirror.join("debian-12")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(mirror.join("debian-12/b.epb"), b"0123456789").unwrap();
+    std::fs::write(s.join("secret"), b"top-secret").unwrap();
+    std::fs::write(outside.join("x.key"), b"top-secret").unwrap();
+    std::os::unix::fs::symlink(s.join("secret"), mirror.join("link.key")).unwrap();
+    std::os::unix::fs::symlink(&outside, mirror.join("dirlink")).unwrap();
+    std::os::unix::fs::symlink("../secret", mirror.join("rel.key")).unwrap();
+    std::os::unix::fs::symlink("nowhere", mirror.join("dangling")).unwrap();
+    // A link that stays inside the tree is fine.
+    std::os::unix::fs::symlink("debian-12/b.epb", mirror.join("latest.epb")).unwrap();
+    let srv = Server::start(&s.join("c.db"), &["--mirror", mirror.to_str().unwrap()]);
+    for p in [
+        "/mirror/link.key",
+        "/mirror/dirlink/x.key",
+        "/mirror/dirlink/",
+        "/mirror/rel.key",
+        "/mirror/%6cink.key",
+        "/mirror/dangling",
+    ] {
+        let r = get(&srv, p);
+        assert_eq!(r.status, 404, "{p}: {} {}", r.status, r.body);
+        assert!(!r.body.contains("top-secret"), "{p}: {}", r.body);
+    }
+    let r = get(&srv, "/mirror/latest.epb");
+    assert_eq!((r.status, r.body.as_str()), (200, "0123456789"));
+    let r = get(&srv, "/mirror/debian-12/b.epb");
+    assert_eq!((r.status, r.body.as_str()), (200, "0123456789"));
 }
 
 /// Seed a fleet: 30 nodes over HTTP with three cycles, 3 silent ones from old USB exports.

@@ -70,6 +70,15 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A closed stdout (`fleet | head`) ends the command quietly, like any Unix tool, instead
+        // of println! panicking on EPIPE. Not for `serve`: a client closing its socket must stay
+        // an error on that connection, never a signal to the center.
+        // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Collect(args) => collect::run(&args),
         Command::Keygen { out } => keygen::run(&out),

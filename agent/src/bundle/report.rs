@@ -2,7 +2,7 @@
 //! HTTP and on a USB stick): pure, shared by the agent that writes it and the center that
 //! verifies and reads it. Spooling and delivery are the agent's (`transport::report`).
 
-use crate::bundle::format::hex;
+use crate::bundle::format::{hex, sha256};
 use crate::support::json;
 use ed25519_compact::KeyPair;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +43,13 @@ pub struct Report {
     pub time: u64,
     /// Unix seconds, the clock ratchet (never goes back).
     pub trusted_time: u64,
+}
+
+/// The one fingerprint of a node key that people see (center CLI, dashboard, ingest messages,
+/// HTTP errors; `edgepatch status`/`doctor` on the node): the first 16 hex digits of the sha256
+/// of the raw 32-byte public key, the same as a signing key's id (`bundle::keys`).
+pub fn key_fingerprint(pk: &[u8; 32]) -> String {
+    hex(&sha256(pk)[..8])
 }
 
 /// A report id: node id, unix millis, process id and a per-process counter.

@@ -504,7 +504,50 @@ pub fn plot(done: &[i64], total: u64, first_seen: Option<i64>, now: i64) -> Stri
     s + "</svg>"
 }
 
-pub fn render_node(node: &Node, status: Option<&str>, history: &[HistoryRow], now: i64) -> String {
+fn history_table(h: &mut String, id: &str, history: &[HistoryRow]) {
+    let _ = write!(
+        h,
+        "<table id={id}><tr><th class=l>received (UTC)</th>\
+         <th class=l>node clock</th><th>report</th>\
+         <th class=l>cycle</th><th>seq</th><th class=l>command</th><th>exit</th>\
+         <th class=l>state</th><th class=l>reason</th><th class=l>timings ms</th>\
+         <th class=l>via</th><th>dropped</th><th class=l>key</th></tr>"
+    );
+    for r in history {
+        let st = r.state.as_deref().unwrap_or("–");
+        let _ = write!(
+            h,
+            "<tr><td class=l>{}</td><td class=l>{}</td><td>{}{}</td><td class=l>{}</td>\
+             <td>{}</td><td class=l>{}</td>\
+             <td>{} {}</td><td class=\"l s-{st}\">{st}</td><td class=reason title=\"{}\">{}</td>\
+             <td class=l>{}</td><td class=l>{}</td><td>{}</td><td class=l>{}</td></tr>",
+            utc(r.received),
+            utc(r.node_time),
+            r.report_seq,
+            if r.counted { "" } else { " (not counted)" },
+            esc(r.cycle.as_deref().unwrap_or("–")),
+            r.sequence.map_or("–".into(), |s| s.to_string()),
+            esc(&r.command),
+            r.exit_code,
+            esc(&r.result),
+            esc(&r.reason),
+            esc(&r.reason),
+            esc(&r.timings),
+            esc(&r.source),
+            r.dropped_before,
+            esc(&r.key_id),
+        );
+    }
+    *h += "</table>";
+}
+
+pub fn render_node(
+    node: &Node,
+    status: Option<&str>,
+    history: &[HistoryRow],
+    pending: &[HistoryRow],
+    now: i64,
+) -> String {
     let mut h = head(&format!("edgepatch node {}", node.node_id));
     let labels: Vec<String> = node
         .labels
@@ -532,40 +575,19 @@ pub fn render_node(node: &Node, status: Option<&str>, history: &[HistoryRow], no
         esc(node.agent_version.as_deref().unwrap_or("–")),
         node.node_time.map_or("–".into(), utc),
     );
-    let _ = write!(
-        h,
-        "<h2>History ({} newest reports)</h2><table id=history><tr><th class=l>received (UTC)</th>\
-         <th class=l>node clock</th><th>report</th>\
-         <th class=l>cycle</th><th>seq</th><th class=l>command</th><th>exit</th>\
-         <th class=l>state</th><th class=l>reason</th><th class=l>timings ms</th>\
-         <th class=l>via</th><th>dropped</th></tr>",
-        history.len()
-    );
-    for r in history {
-        let st = r.state.as_deref().unwrap_or("–");
+    let _ = write!(h, "<h2>History ({} newest reports)</h2>", history.len());
+    history_table(&mut h, "history", history);
+    if !pending.is_empty() {
         let _ = write!(
             h,
-            "<tr><td class=l>{}</td><td class=l>{}</td><td>{}{}</td><td class=l>{}</td>\
-             <td>{}</td><td class=l>{}</td>\
-             <td>{} {}</td><td class=\"l s-{st}\">{st}</td><td class=reason title=\"{}\">{}</td>\
-             <td class=l>{}</td><td class=l>{}</td><td>{}</td></tr>",
-            utc(r.received),
-            utc(r.node_time),
-            r.report_seq,
-            if r.counted { "" } else { " (not counted)" },
-            esc(r.cycle.as_deref().unwrap_or("–")),
-            r.sequence.map_or("–".into(), |s| s.to_string()),
-            esc(&r.command),
-            r.exit_code,
-            esc(&r.result),
-            esc(&r.reason),
-            esc(&r.reason),
-            esc(&r.timings),
-            esc(&r.source),
-            r.dropped_before,
+            "<h2>Reports under keys not accepted for this id ({} newest, at most {})</h2>\
+             <p class=muted>Signed by another key than the node's accepted one (a reimaged node \
+             or an impostor): stored, never counted.</p>",
+            pending.len(),
+            super::PENDING_SHOWN
         );
+        history_table(&mut h, "unaccepted", pending);
     }
-    h += "</table>";
     if let Some(s) = status {
         let _ = write!(
             h,

@@ -220,11 +220,14 @@ fn ord_of(key_no: i64, report_seq: i64) -> i64 {
     (key_no.clamp(0, i64::from(i32::MAX)) << 32) | report_seq.clamp(0, i64::from(u32::MAX))
 }
 
-/// Short fingerprint of a node key for people (the key itself is never served).
+/// Fingerprint of a node key (64 hex digits) for people, the key itself is never served:
+/// `edgepatch::bundle::report::key_fingerprint`, the same everywhere.
 pub fn key_id(pubkey: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(pubkey.as_bytes());
-    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    match edgepatch::bundle::format::parse_hex::<32>(pubkey) {
+        Some(k) => edgepatch::bundle::report::key_fingerprint(&k),
+        // Stored keys are checked to be 64 hex digits; never shown as something else.
+        None => "(malformed key)".into(),
+    }
 }
 
 /// What counting needs of one report (from the wire or from the `reports` table).
@@ -312,6 +315,7 @@ fn ingest_on(
     let (key_no, status) = match key {
         Some(k) => k,
         None => {
+            evict_pending_keys(tx, node, MAX_PENDING_KEYS - 1)?;
             tx.prepare_cached(
                 "INSERT INTO node_keys (node_id, pubkey, status, variant, first_seen, last_seen)
                  VALUES (?1, ?2, 'unaccepted', ?3, ?4, ?4)",
@@ -320,11 +324,6 @@ fn ingest_on(
             (tx.last_insert_rowid(), "unaccepted".to_string())
         }
     };
-    tx.prepare_cached(
-        "UPDATE node_keys SET last_seen = max(last_seen, ?2), variant = coalesce(?3, variant),
-            reports = reports + ?4 WHERE key_no = ?1",
-    )?
-    .execute(params![key_no, received, variant, env.reports.len() as i64])?;
     let counted = status == "accepted";
     {
         let mut add = tx.prepare_cached(
@@ -375,6 +374,27 @@ fn ingest_on(
             }
         }
     }
+    // An unaccepted key keeps only its newest reports: nobody can fill the disk with keys.
+    let pruned = if status == "unaccepted" {
+        tx.prepare_cached(
+            "DELETE FROM reports WHERE key_no = ?1 AND rowid NOT IN (SELECT rowid FROM reports
+                WHERE key_no = ?1 ORDER BY report_seq DESC, received DESC, rowid DESC LIMIT ?2)",
+        )?
+        .execute(params![key_no, MAX_PENDING_REPORTS as i64])?
+    } else {
+        0
+    };
+    // `reports` counts stored rows (a replayed report is a duplicate, not a report).
+    tx.prepare_cached(
+        "UPDATE node_keys SET last_seen = max(last_seen, ?2), variant = coalesce(?3, variant),
+            reports = max(0, reports + ?4) WHERE key_no = ?1",
+    )?
+    .execute(params![
+        key_no,
+        received,
+        variant,
+        out.accepted as i64 - pruned as i64
+    ])?;
     if status == "preauthorized" {
         promote(tx, node, key_no)?;
         out.counted = out.accepted;
@@ -391,6 +411,30 @@ fn ingest_on(
         _ => "unaccepted",
     };
     Ok((out, st))
+}
+
+/// Reports kept per unaccepted key (its newest).
+pub const MAX_PENDING_REPORTS: usize = 100;
+/// Unaccepted keys kept per node id; a new one evicts the one seen least recently.
+pub const MAX_PENDING_KEYS: usize = 8;
+
+/// Drop the least recently seen unaccepted keys of `node` (and their reports) until at most
+/// `keep` remain.
+fn evict_pending_keys(tx: &Connection, node: &str, keep: usize) -> rusqlite::Result<()> {
+    let old: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT key_no FROM node_keys WHERE node_id = ?1 AND status = 'unaccepted'
+             ORDER BY last_seen DESC, key_no DESC LIMIT -1 OFFSET ?2",
+        )?
+        .query_map(params![node, keep as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for k in old {
+        tx.prepare_cached("DELETE FROM reports WHERE key_no = ?1")?
+            .execute([k])?;
+        tx.prepare_cached("DELETE FROM node_keys WHERE key_no = ?1")?
+            .execute([k])?;
+    }
+    Ok(())
 }
 
 fn rec_of(r: &WireReport, key_no: i64, received: i64, labels: String) -> Rec {
@@ -796,7 +840,7 @@ pub fn preauthorize(
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct KeyRow {
     pub node_id: String,
-    /// Fingerprint (sha256 of the hex key, 16 hex digits), never the key.
+    /// Fingerprint (`key_fingerprint`: 16 hex digits of sha256 of the raw key), never the key.
     pub key_id: String,
     pub status: String,
     pub variant: Option<String>,
@@ -1267,17 +1311,38 @@ pub struct HistoryRow {
     pub counted: bool,
 }
 
-/// A node's reports under every key it used, newest first (center time, then node sequence).
+/// A node's reports under the keys it was accepted with (the accepted one, retired ones), newest
+/// first (key generation, then node sequence, then center time).
 pub fn history(conn: &Connection, id: &str, limit: usize) -> anyhow::Result<Vec<HistoryRow>> {
+    history_where(conn, id, limit, false)
+}
+
+/// Reports under keys of this node id that are not accepted (a reimaged node, an impostor):
+/// shown apart, after the history, so they never bury it.
+pub fn pending_history(
+    conn: &Connection,
+    id: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<HistoryRow>> {
+    history_where(conn, id, limit, true)
+}
+
+fn history_where(
+    conn: &Connection,
+    id: &str,
+    limit: usize,
+    pending: bool,
+) -> anyhow::Result<Vec<HistoryRow>> {
     let mut st = conn.prepare_cached(
         "SELECT r.id, r.cycle, r.sequence, r.command, r.exit_code, r.result, r.state, r.reason,
             max(r.time, r.trusted_time), r.received, r.report_seq, r.source, r.snapshot_id,
             r.timings, r.dropped_before, k.pubkey, r.counted
-         FROM reports r JOIN node_keys k ON k.key_no = r.key_no WHERE r.node_id = ?1
+         FROM reports r JOIN node_keys k ON k.key_no = r.key_no
+         WHERE r.node_id = ?1 AND (k.status = 'unaccepted') = ?3
          ORDER BY r.key_no DESC, r.report_seq DESC, r.received DESC, r.rowid DESC LIMIT ?2",
     )?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = st.query_map(params![id, limit], |r| {
+    let rows = st.query_map(params![id, limit, pending], |r| {
         Ok(HistoryRow {
             id: r.get(0)?,
             cycle: r.get(1)?,
@@ -1356,7 +1421,7 @@ pub fn labels(conn: &Connection) -> anyhow::Result<Vec<String>> {
 
 pub fn report_count(conn: &Connection) -> anyhow::Result<i64> {
     Ok(conn
-        .query_row("SELECT max(rowid) FROM reports", [], |r| {
+        .query_row("SELECT count(*) FROM reports", [], |r| {
             r.get::<_, Option<i64>>(0)
         })?
         .unwrap_or(0))

@@ -387,10 +387,12 @@ async fn get_node(State(c): State<Shared>, UrlPath(id): UrlPath<String>) -> Resp
                 return Ok(None);
             };
             let hist = db::history(conn, &id, 200)?;
+            let pending = db::pending_history(conn, &id, super::PENDING_SHOWN)?;
             Ok(Some(dashboard::render_node(
                 &node,
                 status.as_deref(),
                 &hist,
+                &pending,
                 now,
             )))
         })
@@ -427,6 +429,46 @@ async fn not_found() -> Response {
     )
 }
 
+/// Does the request path (relative to the mirror) stay inside `root` once every symlink is
+/// resolved? A path that does not exist passes: ServeDir answers 404 for it.
+fn inside_mirror(root: &std::path::Path, url_path: &str) -> bool {
+    let Ok(decoded) = percent_encoding::percent_decode_str(url_path).decode_utf8() else {
+        return false;
+    };
+    let mut p = root.to_path_buf();
+    for part in decoded.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return false,
+            _ if part.contains('\\') || part.contains('\0') => return false,
+            _ => p.push(part),
+        }
+    }
+    match p.canonicalize() {
+        Ok(real) => real.starts_with(root),
+        // Missing: let ServeDir say 404. Anything else (a loop, no permission): refuse.
+        Err(e) => {
+            e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(&p).is_err()
+        }
+    }
+}
+
+async fn mirror_guard(
+    State(root): State<Arc<PathBuf>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path().to_string();
+    let root2 = root.clone();
+    let ok = tokio::task::spawn_blocking(move || inside_mirror(&root2, &path))
+        .await
+        .unwrap_or(false);
+    if !ok {
+        return err(StatusCode::NOT_FOUND, "no such file in the mirror");
+    }
+    next.run(req).await
+}
+
 pub fn router(center: Shared, mirror: Option<PathBuf>) -> Router {
     let mut app = Router::new()
         .route(
@@ -443,8 +485,13 @@ pub fn router(center: Shared, mirror: Option<PathBuf>) -> Router {
         .fallback(not_found)
         .with_state(center);
     if let Some(dir) = mirror {
-        // ServeDir refuses paths that leave `dir` and answers Range requests.
-        app = app.nest_service("/mirror", ServeDir::new(dir));
+        // ServeDir refuses `..` and answers Range requests; the guard also refuses anything that
+        // resolves (through a symlink) outside the mirror root.
+        let root = Arc::new(dir.canonicalize().unwrap_or_else(|_| dir.clone()));
+        let mirror = Router::new()
+            .fallback_service(ServeDir::new(dir))
+            .layer(axum::middleware::from_fn_with_state(root, mirror_guard));
+        app = app.nest_service("/mirror", mirror);
     }
     // Test hook (debug builds only, and only when asked for): a handler that panics.
     if cfg!(debug_assertions) && std::env::var_os("EDGEPATCH_CENTER_TEST_PANIC").is_some() {
@@ -473,31 +520,95 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Open connections in total; further ones wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Open connections per client address; further ones are closed at once.
+    /// Open connections per client address; further ones wait briefly, then are closed.
     pub max_per_client: usize,
 }
 
-/// Open connections per client address.
+/// Open connections per client address. A slot is held by a [`Slot`] guard, so it is freed the
+/// moment the connection's task ends, however it ends.
 #[derive(Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+struct PerClient {
+    open: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections waiting for a slot, per address: at most the cap again, so one address
+    /// cannot hold the global connection slots by queueing.
+    waiting: Mutex<HashMap<IpAddr, usize>>,
+    /// Woken whenever a slot is freed.
+    freed: tokio::sync::Notify,
+}
+
+/// How long a connection over its client's cap waits for one of that client's connections to
+/// end before it is closed. A client that closes a connection and opens the next one at once
+/// (HTTP/1.0 style, or Python's http.client) is counted twice for the few moments the center
+/// takes to see the first close; a client holding all its connections open still is refused.
+const PER_CLIENT_GRACE: Duration = Duration::from_secs(2);
+
+struct Slot {
+    table: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        {
+            let mut m = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
+        self.table.freed.notify_waiters();
+    }
+}
 
 impl PerClient {
-    fn enter(&self, ip: IpAddr, max: usize) -> bool {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    fn try_enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
+        let mut m = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_insert(0);
         if *n >= max {
-            return false;
+            return None;
         }
         *n += 1;
-        true
+        Some(Slot {
+            table: self.clone(),
+            ip,
+        })
     }
 
-    fn leave(&self, ip: IpAddr) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&ip) {
+    /// A slot for `ip`, waiting up to `grace` for one to be freed.
+    async fn enter(self: &Arc<Self>, ip: IpAddr, max: usize, grace: Duration) -> Option<Slot> {
+        {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let n = w.entry(ip).or_insert(0);
+            if *n >= max {
+                return None;
+            }
+            *n += 1;
+        }
+        let got = self.wait(ip, max, grace).await;
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = w.get_mut(&ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                m.remove(&ip);
+                w.remove(&ip);
+            }
+        }
+        got
+    }
+
+    async fn wait(self: &Arc<Self>, ip: IpAddr, max: usize, grace: Duration) -> Option<Slot> {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            // Register for the wake-up before looking, so a slot freed in between is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(s) = self.try_enter(ip, max) {
+                return Some(s);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return None;
             }
         }
     }
@@ -531,21 +642,29 @@ async fn accept_loop(
             },
         };
         let ip = peer.ip();
-        if !per_client.enter(ip, limits.max_per_client) {
-            drop(stream);
-            continue;
-        }
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let per_client = per_client.clone();
         tokio::spawn(async move {
+            let slot = match per_client.try_enter(ip, limits.max_per_client) {
+                Some(s) => s,
+                None => {
+                    match per_client
+                        .enter(ip, limits.max_per_client, PER_CLIENT_GRACE)
+                        .await
+                    {
+                        Some(s) => s,
+                        None => return, // drops the stream (and the permit)
+                    }
+                }
+            };
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = conn.await;
-            per_client.leave(ip);
+            drop(slot);
             drop(permit);
         });
     }

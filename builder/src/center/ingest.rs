@@ -5,11 +5,13 @@
 //! HTTP (`model::open_envelope`); a key seen for the first time waits as `unaccepted`.
 
 use super::db;
-use super::model::{open_envelope, Envelope, EnvelopeError};
+use super::model::{open_envelope_partial, Envelope, EnvelopeError, Refused, MAX_BODY};
 use anyhow::{bail, Context};
 use edgepatch::bundle::format::hex;
 use edgepatch::bundle::keys;
-use edgepatch::bundle::report::{EXPORT_JSON, EXPORT_SIG, NODE_PUB_FILE, SIGNATURE_TAG};
+use edgepatch::bundle::report::{
+    key_fingerprint, EXPORT_JSON, EXPORT_SIG, NODE_PUB_FILE, SIGNATURE_TAG,
+};
 use edgepatch::support::error::{Error as AgentError, Exit};
 use std::path::{Path, PathBuf};
 
@@ -46,31 +48,59 @@ fn tampered(dir: &Path, what: String) -> anyhow::Error {
     .into()
 }
 
-/// Check one export directory. Errors carry exit code 3 (authenticity) for a bad signature.
-pub fn verify_export(dir: &Path) -> anyhow::Result<Envelope> {
+/// Read a file of an export, refusing one larger than `max` bytes before reading it (a stick
+/// may hold anything; an agent's export is far below the HTTP body cap).
+fn read_capped(path: &Path, max: usize) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let too_big = |n: u64| {
+        anyhow::anyhow!(
+            "{}: {n} bytes, at most {max} (not an edgepatch export; nothing read)",
+            path.display()
+        )
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > max as u64 {
+        return Err(too_big(len));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(max as u64 + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("{}", path.display()))?;
+    if buf.len() > max {
+        return Err(too_big(buf.len() as u64));
+    }
+    Ok(buf)
+}
+
+/// Check one export directory. Errors carry exit code 3 (authenticity) for a bad signature;
+/// reports refused on their own (a bad clock, a bad field) come back beside the good ones.
+pub fn verify_export(dir: &Path) -> anyhow::Result<(Envelope, Vec<Refused>)> {
     let read = |name: &str| {
-        std::fs::read(dir.join(name)).with_context(|| format!("{}", dir.join(name).display()))
+        let max = if name == EXPORT_JSON { MAX_BODY } else { 4096 };
+        read_capped(&dir.join(name), max)
     };
     let body = read(EXPORT_JSON)?;
     let sig_text = String::from_utf8(read(EXPORT_SIG)?).unwrap_or_default();
     let pub_text = String::from_utf8(read(NODE_PUB_FILE)?).unwrap_or_default();
     let pk = keys::parse_public(&pub_text, &dir.join(NODE_PUB_FILE).display().to_string())
         .map_err(|e| tampered(dir, e))?;
-    let mut env = open_envelope(&body, &sig_text, db::now()).map_err(|e| match e {
-        EnvelopeError::Unsigned(_) => tampered(
-            dir,
-            format!("{EXPORT_SIG} is not '{SIGNATURE_TAG} <128 hex digits>'"),
-        ),
-        EnvelopeError::BadSignature(_) => tampered(
-            dir,
-            format!(
-                "signature in {EXPORT_SIG} does not match the bytes of {EXPORT_JSON} \
-                 (node key {})",
-                hex(&pk.id)
+    let (mut env, refused) =
+        open_envelope_partial(&body, &sig_text, db::now()).map_err(|e| match e {
+            EnvelopeError::Unsigned(_) => tampered(
+                dir,
+                format!("{EXPORT_SIG} is not '{SIGNATURE_TAG} <128 hex digits>'"),
             ),
-        ),
-        EnvelopeError::Invalid(m) => anyhow::anyhow!("{}: {m}", dir.display()),
-    })?;
+            EnvelopeError::BadSignature(_) => tampered(
+                dir,
+                format!(
+                    "signature in {EXPORT_SIG} does not match the bytes of {EXPORT_JSON} \
+                 (node key {})",
+                    key_fingerprint(&pk.key)
+                ),
+            ),
+            EnvelopeError::Invalid(m) => anyhow::anyhow!("{}: {m}", dir.display()),
+        })?;
     if env.pubkey != hex(pk.key.as_ref()) {
         return Err(tampered(
             dir,
@@ -84,7 +114,7 @@ pub fn verify_export(dir: &Path) -> anyhow::Result<Envelope> {
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
             .and_then(|v| v.get("node_id").and_then(|n| n.as_str()).map(String::from));
     }
-    Ok(env)
+    Ok((env, refused))
 }
 
 /// Verify and store every export under `dir`. One bad export does not stop the others, but
@@ -125,7 +155,21 @@ pub fn run(db_path: &Path, dir: &Path) -> anyhow::Result<()> {
 }
 
 fn ingest_one(conn: &mut rusqlite::Connection, dir: &Path) -> anyhow::Result<String> {
-    let v = verify_export(dir)?;
+    let (v, refused) = verify_export(dir)?;
+    for r in &refused {
+        eprintln!(
+            "edgepatch-builder ingest: {}: report {} ({}) REFUSED, the others are stored: {}",
+            dir.display(),
+            r.index,
+            if r.id.is_empty() { "no id" } else { &r.id },
+            r.reason
+        );
+    }
+    let refused_note = if refused.is_empty() {
+        String::new()
+    } else {
+        format!(", {} refused (see stderr)", refused.len())
+    };
     let Some(node) = v.node_id.clone() else {
         return Ok(format!(
             "{}: signature ok, but no reports and no node id: nothing to store",
@@ -156,9 +200,9 @@ fn ingest_one(conn: &mut rusqlite::Connection, dir: &Path) -> anyhow::Result<Str
         String::new()
     };
     Ok(format!(
-        "{}: node {node}: signature ok, {} report(s): {} new, {} already known{waiting}",
+        "{}: node {node}: signature ok, {} report(s): {} new, {} already known{refused_note}{waiting}",
         dir.display(),
-        v.reports.len(),
+        v.reports.len() + refused.len(),
         got.accepted,
         got.duplicates
     ))

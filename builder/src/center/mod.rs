@@ -39,7 +39,7 @@ pub struct ServeArgs {
     /// Open connections in total (more wait in the kernel backlog)
     #[arg(long, default_value_t = 512)]
     pub max_connections: usize,
-    /// Open connections per client address (more are closed at once)
+    /// Open connections per client address (more wait up to 2 s for one to end, then are closed)
     #[arg(long, default_value_t = 32)]
     pub max_per_client: usize,
 }
@@ -114,11 +114,19 @@ pub enum FleetCmd {
         /// always needs 'accept NODE')
         #[arg(long, conflicts_with = "nodes")]
         all_pending: bool,
+        /// With --all-pending: accept at most this many at once (default 20); more waiting is
+        /// refused whole, so a burst of made-up nodes is never enrolled (and able to sign a
+        /// --halt-over halt) by one routine command
+        #[arg(long, requires = "all_pending", value_name = "N")]
+        max: Option<usize>,
     },
     /// Accept ids and keys from an inventory: one 'NODE_ID KEY' per line (KEY: 64 hex digits
     /// or the line of the node's node.pub); '#' starts a comment
     Preauthorize { file: PathBuf },
 }
+
+/// Most nodes `accept --all-pending` takes at once without `--max N`.
+pub const ALL_PENDING_MAX: usize = 20;
 
 fn silent_secs(hours: u64) -> i64 {
     i64::try_from(hours.saturating_mul(3600)).unwrap_or(i64::MAX / 2)
@@ -192,7 +200,15 @@ pub fn fleet(a: &FleetArgs) -> anyhow::Result<()> {
             json,
         }) => return list(&conn, cycle, state, variant, label, *json, cutoff),
         Some(FleetCmd::Node { node, json }) => return show_node(&conn, node, *json, cutoff),
-        Some(FleetCmd::Accept { nodes, all_pending }) => {
+        Some(FleetCmd::Accept {
+            nodes,
+            all_pending,
+            max,
+        }) => {
+            anyhow::ensure!(
+                max.is_none() || *all_pending,
+                "--max N goes with --all-pending"
+            );
             let targets: Vec<String> = if *all_pending {
                 let mut t = Vec::new();
                 for (n, keys, known) in db::waiting_nodes(&conn)? {
@@ -210,14 +226,29 @@ pub fn fleet(a: &FleetArgs) -> anyhow::Result<()> {
                         );
                     }
                 }
+                let limit = max.unwrap_or(ALL_PENDING_MAX);
+                anyhow::ensure!(
+                    t.len() <= limit,
+                    "{} new nodes wait, more than {limit} at once: nothing accepted; check their \
+                     fingerprints ('fleet list --state unaccepted') and accept them by name, or \
+                     run 'accept --all-pending --max {}' if they are all yours",
+                    t.len(),
+                    t.len()
+                );
                 t
             } else {
                 nodes.clone()
             };
             let mut failed = 0;
             for n in &targets {
+                let fp = db::keys(&conn, Some(n), Some("unaccepted"))?
+                    .first()
+                    .map(|k| k.key_id.clone())
+                    .unwrap_or_else(|| "-".into());
                 match db::accept(&mut conn, n) {
-                    Ok(k) => println!("node {n}: accepted, {k} stored report(s) now counted"),
+                    Ok(k) => {
+                        println!("node {n}: key {fp} accepted, {k} stored report(s) now counted")
+                    }
                     Err(e) => {
                         eprintln!("edgepatch-builder fleet accept: {e}");
                         failed += 1;
@@ -343,11 +374,13 @@ fn show_node(conn: &rusqlite::Connection, id: &str, json: bool, cutoff: i64) -> 
         "no node {id} in the database; see 'fleet list'"
     );
     let hist = db::history(conn, id, 1000)?;
+    let pending = db::pending_history(conn, id, PENDING_SHOWN)?;
     if json {
         let v = serde_json::json!({
             "node": node.as_ref().map(|(n, _)| n),
             "keys": keys,
             "history": hist,
+            "unaccepted_history": pending,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -365,8 +398,23 @@ fn show_node(conn: &rusqlite::Connection, id: &str, json: bool, cutoff: i64) -> 
     for k in &keys {
         println!("  key {} {} ({} reports)", k.key_id, k.status, k.reports);
     }
+    print_history(&hist);
+    if !pending.is_empty() {
+        println!(
+            "  reports under keys NOT accepted for this id (newest {PENDING_SHOWN} at most; \
+             not counted; a reimaged node or an impostor):"
+        );
+        print_history(&pending);
+    }
+    Ok(())
+}
+
+/// Most reports under unaccepted keys shown by `fleet node` and the node page.
+pub const PENDING_SHOWN: usize = 50;
+
+fn print_history(hist: &[db::HistoryRow]) {
     println!("  received (UTC)    node clock (UTC)  seq  cycle        command  exit state");
-    for r in &hist {
+    for r in hist {
         println!(
             "  {}  {}  {:>4} {:<12} {:<8} {:>4} {}{} {}",
             dashboard::utc(r.received),
@@ -380,7 +428,6 @@ fn show_node(conn: &rusqlite::Connection, id: &str, json: bool, cutoff: i64) -> 
             r.reason
         );
     }
-    Ok(())
 }
 
 fn pct(n: u64, of: u64) -> f64 {

@@ -271,6 +271,34 @@ impl std::fmt::Display for EnvelopeError {
 /// of an `edgepatch-export/1` envelope, then every report in it: same key, one node id, schema,
 /// and a plausible clock relative to `now` (the center's).
 pub fn open_envelope(body: &[u8], sig_line: &str, now: i64) -> Result<Envelope, EnvelopeError> {
+    open(body, sig_line, now, false).map(|(env, _)| env)
+}
+
+/// One report of a correctly signed envelope that was refused on its own.
+#[derive(Debug)]
+pub struct Refused {
+    pub index: usize,
+    pub id: String,
+    pub reason: String,
+}
+
+/// `open_envelope` for USB exports: the signature and the envelope must be right, but a bad
+/// report (a clock 3 days ahead, a bad field) is refused alone, so the node's other reports
+/// are not lost with it (the node's spool keeps it and would sink every later export too).
+pub fn open_envelope_partial(
+    body: &[u8],
+    sig_line: &str,
+    now: i64,
+) -> Result<(Envelope, Vec<Refused>), EnvelopeError> {
+    open(body, sig_line, now, true)
+}
+
+fn open(
+    body: &[u8],
+    sig_line: &str,
+    now: i64,
+    partial: bool,
+) -> Result<(Envelope, Vec<Refused>), EnvelopeError> {
     use edgepatch::bundle::format::parse_hex;
     use edgepatch::bundle::report::{EXPORT_FORMAT, SIGNATURE_TAG};
     let bad = EnvelopeError::Invalid;
@@ -303,7 +331,7 @@ pub fn open_envelope(body: &[u8], sig_line: &str, now: i64) -> Result<Envelope, 
         .map_err(|_| {
             EnvelopeError::BadSignature(format!(
                 "signature does not match the body under node key {}; nothing stored",
-                &raw.node_pubkey[..16]
+                edgepatch::bundle::report::key_fingerprint(&key)
             ))
         })?;
     if raw.reports.len() > MAX_REPORTS {
@@ -314,31 +342,53 @@ pub fn open_envelope(body: &[u8], sig_line: &str, now: i64) -> Result<Envelope, 
     }
     let mut node_id: Option<String> = None;
     let mut reports = Vec::with_capacity(raw.reports.len());
+    let mut refused = Vec::new();
     for (i, v) in raw.reports.into_iter().enumerate() {
-        let r: WireReport =
-            serde_json::from_value(v).map_err(|e| bad(format!("reports[{i}]: {e}")))?;
-        let at = |e: String| bad(format!("reports[{i}] ({}): {e}", short(&r.id)));
-        r.check().map_err(at)?;
-        r.check_time(now).map_err(at)?;
-        if r.node_pubkey != raw.node_pubkey {
-            return Err(at("names another node key than the envelope".into()));
-        }
-        match &node_id {
-            None => node_id = Some(r.node_id.clone()),
-            Some(n) if *n != r.node_id => {
-                return Err(at(format!("node {} in an envelope of node {n}", r.node_id)))
+        let id = v
+            .get("id")
+            .and_then(|x| x.as_str())
+            .map(short)
+            .unwrap_or_default();
+        let one = |v: serde_json::Value| -> Result<WireReport, String> {
+            let r: WireReport = serde_json::from_value(v).map_err(|e| e.to_string())?;
+            r.check()?;
+            r.check_time(now)?;
+            if r.node_pubkey != raw.node_pubkey {
+                return Err("names another node key than the envelope".into());
             }
-            Some(_) => {}
+            if let Some(n) = &node_id {
+                if *n != r.node_id {
+                    return Err(format!("node {} in an envelope of node {n}", r.node_id));
+                }
+            }
+            Ok(r)
+        };
+        match one(v) {
+            Ok(r) => {
+                if node_id.is_none() {
+                    node_id = Some(r.node_id.clone());
+                }
+                reports.push(r);
+            }
+            Err(e) if partial => refused.push(Refused {
+                index: i,
+                id,
+                reason: e,
+            }),
+            Err(e) if id.is_empty() => return Err(bad(format!("reports[{i}]: {e}"))),
+            Err(e) => return Err(bad(format!("reports[{i}] ({id}): {e}"))),
         }
-        reports.push(r);
     }
-    Ok(Envelope {
-        pubkey: raw.node_pubkey,
-        node_id,
-        exported_at: raw.exported_at,
-        status: raw.status,
-        reports,
-    })
+    Ok((
+        Envelope {
+            pubkey: raw.node_pubkey,
+            node_id,
+            exported_at: raw.exported_at,
+            status: raw.status,
+            reports,
+        },
+        refused,
+    ))
 }
 
 fn short(s: &str) -> String {
