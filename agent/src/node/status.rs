@@ -72,6 +72,9 @@ pub struct Status {
     pub journal: Option<Record>,
     pub last: Record,
     pub quarantined: Vec<String>,
+    /// This node's report key fingerprint (what `fleet list --state unaccepted` shows), once the
+    /// node has made its key.
+    pub key_fingerprint: Option<String>,
     /// Reports the center refused (`spool-rejected/`): file name and why.
     pub rejected: Vec<(String, String)>,
     /// First-contact weaknesses (no trust floor, no trusted time), shown loudly.
@@ -100,6 +103,7 @@ impl Status {
             quarantined: crate::node::store::list_quarantine(sd),
             warnings: crate::node::trust::first_contact_warnings(config),
             rejected: rejected_reports(sd),
+            key_fingerprint: node_key_fingerprint(sd),
             next_rollback: crate::node::sets::next(sd).map(|(_, r)| {
                 let n = crate::node::sets::pre(&r).len() as u64;
                 (
@@ -185,6 +189,7 @@ impl Status {
             )
             .opt_str("needs_attention", self.needs_attention.as_deref())
             .num("reports_rejected", self.rejected.len() as u64)
+            .opt_str("key_fingerprint", self.key_fingerprint.as_deref())
             .raw(
                 "warnings",
                 &json::array(self.warnings.iter().map(|w| json::string(w))),
@@ -196,6 +201,9 @@ impl Status {
     /// A few short lines for an 80-column serial console.
     pub fn to_lines(&self) -> String {
         let mut s = format!("node      {} ({})\n", self.node_id, self.variant);
+        if let Some(fp) = &self.key_fingerprint {
+            s += &format!("node key  {fp} (compare with the center before 'fleet accept')\n");
+        }
         match &self.installed {
             Some(i) => {
                 s += &format!(
@@ -253,6 +261,16 @@ impl Status {
         }
         s
     }
+}
+
+/// The fingerprint of `state_dir/node.pub` (the key reports are signed with), if it exists.
+pub fn node_key_fingerprint(state_dir: &Path) -> Option<String> {
+    let p = state_dir.join(crate::bundle::report::NODE_PUB_FILE);
+    let text = crate::support::fsutil::read_capped(&p, 4096).ok()?;
+    let key =
+        crate::bundle::keys::parse_public(std::str::from_utf8(&text).ok()?, "node.pub").ok()?;
+    let raw: [u8; 32] = key.key.as_ref().try_into().ok()?;
+    Some(crate::bundle::report::key_fingerprint(&raw))
 }
 
 /// The reports the center refused, read straight from `spool-rejected/` (the spool's layout
