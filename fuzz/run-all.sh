@@ -9,7 +9,7 @@ run() {
   echo "$1 exit $?" >> logs/summary
 }
 : > logs/summary
-for pair in "manifest container" "config policy" "index keylist" "delta"; do
+for pair in "manifest container" "config policy" "index keylist" "delta" "order reissued_policy"; do
   set -- $pair
   run "$1" &
   if [ $# -gt 1 ]; then run "$2" & fi
