@@ -13,13 +13,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let rec = Record::parse(text);
         let _ = rec.num("issued");
-        let lines: Vec<(String, String)> = rec
-            .fields
-            .iter()
-            .filter(|(k, _)| k == "policy")
-            .filter_map(|(_, v)| v.split_once(' '))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let _ = Policy::from_lines(&lines);
+        let _ = Policy::from_lines(&edgepatch::bundle::policy::reissued_lines(&rec));
     }
 });

@@ -182,14 +182,7 @@ fn reissued_policy(ctx: &Ctx, bundle: &verify::Verified) -> Option<Vec<(String, 
             && rec.get("manifest_sha256") == Some(hex(&bundle.manifest_sha256).as_str());
         let issued = rec.num("issued").unwrap_or(0);
         if for_this && best.as_ref().is_none_or(|(t, _)| issued > *t) {
-            let lines = rec
-                .fields
-                .iter()
-                .filter(|(k, _)| k == "policy")
-                .filter_map(|(_, v)| v.split_once(' '))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            best = Some((issued, lines));
+            best = Some((issued, crate::bundle::policy::reissued_lines(&rec)));
         }
     }
     best.map(|(t, lines)| {

@@ -552,5 +552,15 @@ pub fn decide(
     }
 }
 
+/// The `policy <key> <value>` lines of a re-issued policy document (`edgepatch-policy`, from
+/// `edgepatch-builder policy issue`), in the form [`Policy::from_lines`] takes.
+pub fn reissued_lines(rec: &crate::support::kv::Record) -> Vec<(String, String)> {
+    rec.fields
+        .iter()
+        .filter(|(k, _)| k == "policy")
+        .filter_map(|(_, v)| v.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
 #[cfg(test)]
 mod tests;
