@@ -1,0 +1,190 @@
+//! A real Debian 12 image for the node tests (issue 15): debootstrapped once per architecture
+//! (tests/image/build-image.sh, cached under target/images/), unpacked per test, the static agent
+//! baked in at /usr/local/bin, run inside with chroot + `unshare --net` and /proc mounted.
+//! Shared by tests/restore_image*.rs (`mod imagebox;`).
+#![allow(dead_code)]
+
+use edgepatch_e2e::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Small packages of the minbase image; libsemanage-common has a conffile.
+pub const PKGS: [&str; 2] = ["hostname", "libsemanage-common"];
+pub const CONF: &str = "etc/selinux/semanage.conf";
+
+pub struct Image {
+    _s: Scratch,
+    pub root: PathBuf,
+    pub dir: PathBuf,
+    pub key: PathBuf,
+    /// `debian-12-<arch>`
+    pub variant: String,
+}
+
+fn image_tarball(arch: &str) -> Option<PathBuf> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" || !have("unshare") || !have("chroot") {
+        eprintln!("\n*** SKIPPED: the image tests need root, unshare and chroot\n");
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/image/build-image.sh");
+    let out = Command::new("bash").arg(&script).arg(arch).output().ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if out.status.success() && path.is_file() {
+        return Some(path);
+    }
+    eprintln!(
+        "\n*** SKIPPED: no Debian 12 {arch} image ({}): {}\n",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    None
+}
+
+/// The amd64 image with the agent this test run built.
+pub fn image(tag: &str) -> Option<Image> {
+    if cfg!(not(target_arch = "x86_64")) {
+        return None;
+    }
+    image_for(tag, "amd64", &agent_bin())
+}
+
+/// Unpack the `arch` image (Debian's name: amd64, arm64, armhf), bake `agent` in, configure it
+/// for root "/".
+pub fn image_for(tag: &str, arch: &str, agent: &Path) -> Option<Image> {
+    let tarball = image_tarball(arch)?;
+    let variant = format!("debian-12-{arch}");
+    let s = Scratch::new(tag);
+    let root = s.join("root");
+    let dir = s.join("work");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    run(Command::new("tar")
+        .args(["--numeric-owner", "-xf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&root))
+    .expect(0);
+    let bin = root.join("usr/local/bin/edgepatch");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::copy(agent, &bin).unwrap();
+    let (key, public) = keygen(&dir.join("keys"));
+    let etc = root.join("etc/edgepatch");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::copy(&public, etc.join("release.pub")).unwrap();
+    std::fs::write(
+        etc.join("agent.conf"),
+        format!(
+            "node_id = \"image-node\"\nvariant = \"{variant}\"\ntrusted_keys = \"/etc/edgepatch/release.pub\"\n\
+             state_dir = \"/var/lib/edgepatch\"\nroot = \"/\"\npackage_manager = \"apt\"\nsnapshot = \"packages\"\n"
+        ),
+    )
+    .unwrap();
+    Some(Image {
+        _s: s,
+        root,
+        dir,
+        key,
+        variant,
+    })
+}
+
+impl Image {
+    /// Run a shell command inside the image: own mount namespace with /proc, no network.
+    pub fn sh(&self, script: &str) -> Run {
+        run(Command::new("unshare")
+            .args(["--mount", "--net", "--fork", "chroot"])
+            .arg(&self.root)
+            .args([
+                "/bin/sh",
+                "-c",
+                &format!("mount -t proc proc /proc && {script}"),
+            ])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"))
+    }
+
+    pub fn agent(&self, args: &str) -> Run {
+        self.sh(&format!(
+            "edgepatch --config /etc/edgepatch/agent.conf {args}"
+        ))
+    }
+
+    pub fn version(&self, pkg: &str) -> String {
+        let out = Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                self.root.join("var/lib/dpkg").display()
+            ))
+            .args(["-W", "-f", "${Version} ${db:Status-Abbrev}", pkg])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn versions(&self) -> Vec<String> {
+        PKGS.iter().map(|p| self.version(p)).collect()
+    }
+
+    pub fn audit_clean(&self) {
+        let r = self.sh("dpkg --audit").expect(0);
+        assert!(r.stdout.trim().is_empty(), "dpkg --audit: {}", r.stdout);
+    }
+
+    /// A newer build of an image package: the installed one repacked, Version + "+epN".
+    pub fn bump(&self, pkg: &str, n: u32, failing_postinst: bool) -> PathBuf {
+        let out = self.dir.join(format!("debs-{pkg}-{n}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let r = edgepatch::node::preserve::repack_deb(&self.root, pkg, None, &out)
+            .unwrap_or_else(|e| panic!("repack {pkg}: {e}"));
+        let tree = out.join("tree");
+        run(Command::new("dpkg-deb").arg("-R").arg(&r.path).arg(&tree)).expect(0);
+        let control = tree.join("DEBIAN/control");
+        let text = std::fs::read_to_string(&control).unwrap();
+        let text = text.replace(
+            &format!("Version: {}\n", r.version),
+            &format!("Version: {}+ep{n}\n", r.version),
+        );
+        std::fs::write(&control, text).unwrap();
+        if failing_postinst {
+            let p = tree.join("DEBIAN/postinst");
+            std::fs::write(
+                &p,
+                "#!/bin/sh\necho postinst fails on purpose >&2\nexit 1\n",
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let deb = self
+            .dir
+            .join(format!("{pkg}_{}+ep{n}_{}.deb", r.version, r.arch));
+        run(Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zgzip", "--build"])
+            .arg(&tree)
+            .arg(&deb))
+        .expect(0);
+        std::fs::remove_dir_all(&out).unwrap();
+        deb
+    }
+
+    /// Build a signed bundle from `debs` and drop it into the image's /tmp.
+    pub fn bundle(&self, cycle: &str, seq: u64, debs: &[PathBuf]) -> String {
+        let out = self.dir.join(format!("{cycle}.epb"));
+        let inputs: Vec<&Path> = debs.iter().map(|d| d.as_path()).collect();
+        build_bundle(&self.key, &self.variant, cycle, seq, &out, &inputs, &[]);
+        std::fs::copy(&out, self.root.join(format!("tmp/{cycle}.epb"))).unwrap();
+        format!("/tmp/{cycle}.epb")
+    }
+
+    pub fn edit_conffile(&self) -> String {
+        let p = self.root.join(CONF);
+        let text = std::fs::read_to_string(&p).unwrap() + "# edited by the admin\n";
+        std::fs::write(&p, &text).unwrap();
+        text
+    }
+
+    pub fn conffile(&self) -> String {
+        std::fs::read_to_string(self.root.join(CONF)).unwrap()
+    }
+}
