@@ -5,6 +5,7 @@
 
 mod imagebox;
 
+use edgepatch_e2e::Deb;
 use imagebox::*;
 use std::path::PathBuf;
 
@@ -87,4 +88,177 @@ fn two_cycles_then_two_rollbacks_step_back_to_the_image() {
     img.audit_clean();
     let st = img.agent("status --json").expect(0).stdout;
     assert!(!st.contains("installed_cycle\":\"c"), "{st}");
+}
+
+#[test]
+fn rollback_writes_back_dpkgs_record_of_the_admins_conffile_edit() {
+    let Some(img) = image("restore-image-md5") else {
+        return;
+    };
+    let record = img.conffiles_record("libsemanage-common");
+    assert!(record.contains("semanage.conf"), "{record}");
+    let conf = img.edit_conffile();
+    let c1 = img.bundle("c1", 1, &[img.bump("libsemanage-common", 1, false)]);
+    img.agent(&format!("apply {c1}")).expect(0);
+    img.agent("rollback").expect(0);
+    assert_eq!(img.conffile(), conf);
+    // Installing the repacked package made dpkg record the admin's text as shipped; the agent
+    // put the original md5 back, so the next upgrade still sees the edit and keeps it.
+    assert_eq!(img.conffiles_record("libsemanage-common"), record);
+    img.audit_clean();
+}
+
+/// c1 upgrades an image package and installs kiosk-old; c2 upgrades another image package and
+/// installs kiosk-new, which Conflicts/Replaces kiosk-old (apt removes it); c3 upgrades hostname
+/// again. Three rollbacks step back through each state: kiosk-old comes back with c2's, and
+/// leaves again with c1's, and the image's exact versions end it.
+#[test]
+fn three_cycles_then_three_rollbacks_bring_back_a_removed_package_and_the_image() {
+    let Some(img) = image("restore-image-three") else {
+        return;
+    };
+    let state = |img: &Image| {
+        let mut v = img.versions();
+        v.push(img.version("kiosk-old"));
+        v.push(img.version("kiosk-new"));
+        v
+    };
+    img.set_config("rollback_keep", "3");
+    let image_state = state(&img);
+    let conf = img.edit_conffile();
+    let debs = img.dir.join("kiosk");
+    let old = Deb::new("kiosk-old", "1.0").build(&debs);
+    let new = Deb::new("kiosk-new", "2.0")
+        .control("Conflicts: kiosk-old\nReplaces: kiosk-old\nProvides: kiosk-old\n")
+        .build(&debs);
+
+    let c1 = img.bundle_with(
+        "c1",
+        1,
+        &[img.bump("hostname", 1, false), old],
+        &["--install", "kiosk-old"],
+    );
+    img.agent(&format!("apply {c1}")).expect(0);
+    let c1_state = state(&img);
+    assert!(c1_state[2].starts_with("1.0 ii"), "{c1_state:?}");
+
+    let c2 = img.bundle_with(
+        "c2",
+        2,
+        &[img.bump("libsemanage-common", 2, false), new],
+        &["--install", "kiosk-new"],
+    );
+    let r = img.agent(&format!("apply {c2}")).expect(0);
+    assert!(r.stdout.contains("3 package(s) changed"), "{}", r.stdout);
+    let c2_state = state(&img);
+    assert!(c2_state[3].starts_with("2.0 ii"), "{c2_state:?}");
+    assert!(
+        !c2_state[2].contains(" ii"),
+        "kiosk-old removed: {c2_state:?}"
+    );
+
+    let c3 = img.bundle("c3", 3, &[img.bump("hostname", 3, false)]);
+    img.agent(&format!("apply {c3}")).expect(0);
+    assert!(img.version("hostname").contains("+ep1+ep3 ii"));
+
+    let st = img.agent("status").expect(0).stdout;
+    assert!(st.contains("c3"), "{st}");
+    for (cycle, want) in [("c3", &c2_state), ("c2", &c1_state), ("c1", &image_state)] {
+        let r = img.agent("rollback").expect(0);
+        assert!(
+            r.stdout.contains(&format!("cycle {cycle} rolled back")),
+            "{}",
+            r.stdout
+        );
+        assert_eq!(&state(&img), want, "after rolling back {cycle}");
+        img.audit_clean();
+    }
+    assert_eq!(img.conffile(), conf);
+    let st = img.agent("status").expect(0).stdout;
+    assert!(!st.contains("restored restored"), "{st}");
+}
+
+/// rollback_keep = 1: the second rollback cannot step back further, and says why (exit 4).
+#[test]
+fn rolling_back_past_the_kept_sets_says_so_and_changes_nothing() {
+    let Some(img) = image("restore-image-keep") else {
+        return;
+    };
+    img.set_config("rollback_keep", "1");
+    let c1 = img.bundle("c1", 1, &[img.bump("hostname", 1, false)]);
+    img.agent(&format!("apply {c1}")).expect(0);
+    let c2 = img.bundle("c2", 2, &[img.bump("libsemanage-common", 2, false)]);
+    img.agent(&format!("apply {c2}")).expect(0);
+    img.agent("rollback").expect(0);
+    let before = img.versions();
+    let r = img.agent("rollback").expect(4);
+    assert!(
+        r.stderr
+            .contains("cycle c1 is installed, but its rollback set is gone (rollback_keep = 1"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(img.versions(), before);
+}
+
+/// Power cut in the middle of the preserve step (one package repacked, one not): nothing was
+/// installed, the next command clears the interrupted run, and the same bundle then applies
+/// and rolls back cleanly with no stray file left in the pool.
+#[test]
+fn kill_during_preserve_leaves_the_image_and_the_next_apply_works() {
+    let Some(img) = image("restore-image-kill-preserve") else {
+        return;
+    };
+    let before = img.versions();
+    let debs: Vec<PathBuf> = PKGS.iter().map(|p| img.bump(p, 1, false)).collect();
+    let c1 = img.bundle("c1", 1, &debs);
+    img.kill_at("preserved-one", &format!("apply {c1}"));
+    assert_eq!(img.versions(), before);
+    // What the boot-time recovery unit runs.
+    img.agent("status").expect(0);
+    assert_eq!(img.versions(), before);
+    img.audit_clean();
+    let st = img.agent("status --json").expect(0).stdout;
+    assert!(st.contains("\"next_rollback\":null"), "{st}");
+
+    img.agent(&format!("apply {c1}")).expect(0);
+    let pool = img.root.join("var/lib/edgepatch/rollback/pool");
+    let stray: Vec<String> = std::fs::read_dir(&pool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".deb"))
+        .collect();
+    assert!(stray.is_empty(), "stray files in the pool: {stray:?}");
+    img.agent("rollback").expect(0);
+    assert_eq!(img.versions(), before);
+    img.audit_clean();
+}
+
+/// Power cut in the middle of a restore (the added package purged, the upgraded one not yet
+/// put back): the next `rollback` finishes that same rollback, not a second one.
+#[test]
+fn kill_during_restore_then_rollback_again_ends_at_the_image() {
+    let Some(img) = image("restore-image-kill-restore") else {
+        return;
+    };
+    let before = img.versions();
+    let kiosk = Deb::new("kiosk-app", "1.0").build(&img.dir.join("kiosk"));
+    let c1 = img.bundle_with(
+        "c1",
+        1,
+        &[img.bump("hostname", 1, false), kiosk],
+        &["--install", "kiosk-app"],
+    );
+    img.agent(&format!("apply {c1}")).expect(0);
+    img.kill_at("restore-purged", "rollback");
+    assert!(img.version("hostname").contains("+ep1"), "not restored yet");
+    assert!(!img.version("kiosk-app").contains(" ii"), "already purged");
+    let r = img.agent("rollback").expect(0);
+    assert!(r.stdout.contains("cycle c1 rolled back"), "{}", r.stdout);
+    assert_eq!(img.versions(), before);
+    assert!(!img.version("kiosk-app").contains(" ii"));
+    img.audit_clean();
+    let st = img.agent("status --json").expect(0).stdout;
+    assert!(!st.contains("installed_cycle\":\"c"), "{st}");
+    assert!(st.contains("\"needs_attention\":null"), "{st}");
 }

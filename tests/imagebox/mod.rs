@@ -170,9 +170,14 @@ impl Image {
 
     /// Build a signed bundle from `debs` and drop it into the image's /tmp.
     pub fn bundle(&self, cycle: &str, seq: u64, debs: &[PathBuf]) -> String {
+        self.bundle_with(cycle, seq, debs, &[])
+    }
+
+    /// [`Image::bundle`] with more `edgepatch-builder build` arguments (e.g. `--install NAME`).
+    pub fn bundle_with(&self, cycle: &str, seq: u64, debs: &[PathBuf], extra: &[&str]) -> String {
         let out = self.dir.join(format!("{cycle}.epb"));
         let inputs: Vec<&Path> = debs.iter().map(|d| d.as_path()).collect();
-        build_bundle(&self.key, &self.variant, cycle, seq, &out, &inputs, &[]);
+        build_bundle(&self.key, &self.variant, cycle, seq, &out, &inputs, extra);
         std::fs::copy(&out, self.root.join(format!("tmp/{cycle}.epb"))).unwrap();
         format!("/tmp/{cycle}.epb")
     }
@@ -186,5 +191,56 @@ impl Image {
 
     pub fn conffile(&self) -> String {
         std::fs::read_to_string(self.root.join(CONF)).unwrap()
+    }
+}
+
+impl Image {
+    /// dpkg's Conffiles record of `pkg` (paths and the md5s it judges admin edits by).
+    pub fn conffiles_record(&self, pkg: &str) -> String {
+        let out = Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                self.root.join("var/lib/dpkg").display()
+            ))
+            .args(["-W", "-f", "${Conffiles}", pkg])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Image {
+    /// Append `key = value` to the agent's config (TOML value text as given).
+    pub fn set_config(&self, key: &str, value: &str) {
+        let p = self.root.join("etc/edgepatch/agent.conf");
+        let text = std::fs::read_to_string(&p).unwrap() + &format!("{key} = {value}\n");
+        std::fs::write(&p, text).unwrap();
+    }
+}
+
+impl Image {
+    /// Start `edgepatch ARGS` inside the image paused at `point` (the crash-test hook), wait
+    /// until it is there, and SIGKILL it with all its children, as a power cut would.
+    pub fn kill_at(&self, point: &str, args: &str) {
+        let flag = self.root.join("tmp/paused");
+        let _ = std::fs::remove_file(&flag);
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--net", "--fork", "chroot"])
+            .arg(&self.root)
+            .args([
+                "/bin/sh",
+                "-c",
+                &format!(
+                    "mount -t proc proc /proc && EDGEPATCH_PAUSE_AT={point} \
+                     EDGEPATCH_PAUSE_FILE=/tmp/paused exec edgepatch \
+                     --config /etc/edgepatch/agent.conf {args}"
+                ),
+            ])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        let mut child = spawn_group(cmd);
+        let paused = wait_for_file(&flag, 60);
+        kill_group(&mut child);
+        assert!(paused, "edgepatch {args} never reached {point}");
     }
 }

@@ -176,6 +176,8 @@ pub struct Deb<'a> {
     pub version: &'a str,
     pub depends: &'a str,
     pub postinst: Option<&'a str>,
+    /// More control fields, each line ending in '\n' (e.g. "Conflicts: x\nReplaces: x\n").
+    pub control: &'a str,
     /// (absolute path inside the root, contents)
     pub files: Vec<(String, String)>,
 }
@@ -187,6 +189,7 @@ impl<'a> Deb<'a> {
             version,
             depends: "",
             postinst: None,
+            control: "",
             files: vec![(
                 format!("/usr/share/edgepatch-test/{name}"),
                 format!("{name} {version}\n"),
@@ -196,6 +199,11 @@ impl<'a> Deb<'a> {
 
     pub fn depends(mut self, d: &'a str) -> Self {
         self.depends = d;
+        self
+    }
+
+    pub fn control(mut self, fields: &'a str) -> Self {
+        self.control = fields;
         self
     }
 
@@ -216,6 +224,7 @@ impl<'a> Deb<'a> {
         if !self.depends.is_empty() {
             control += &format!("Depends: {}\n", self.depends);
         }
+        control += self.control;
         std::fs::write(work.join("DEBIAN/control"), control).unwrap();
         if let Some(script) = self.postinst {
             use std::os::unix::fs::PermissionsExt;

@@ -39,6 +39,7 @@ pub fn restore_packages(
     let sd = ctx.state_dir();
     let caches = [store::cache_current(sd), store::cache_previous(sd)];
     let (mut files, mut remove, mut restored) = (Vec::new(), Vec::new(), Vec::new());
+    let mut from_set = Vec::new();
     for ((name, before), after) in pre.iter().zip(now) {
         if *before == after {
             continue;
@@ -61,6 +62,7 @@ pub fn restore_packages(
                 if let Some(f) = found {
                     files.push(f);
                     restored.push(format!("{name}={v}"));
+                    from_set.push(name.clone());
                 }
             }
         }
@@ -71,6 +73,11 @@ pub fn restore_packages(
     match pm.installed(&names) {
         Ok(now) => {
             for ((name, want), have) in pre.iter().zip(now) {
+                if let Some(set) = set.filter(|_| *want == have && from_set.contains(name)) {
+                    if pm.name() == "apt" {
+                        sets::restore_conffile_records(&ctx.config.root, set, name);
+                    }
+                }
                 if *want != have {
                     bad.push(format!(
                         "{name} (at {}, want {})",

@@ -181,6 +181,17 @@ pub fn roll_back_last(ctx: &Ctx, info: &mut RunInfo, want: Option<&str>) -> Resu
     }
     info.cycle = Some(cycle.clone());
     if last.get("rolled_back") == Some("yes") {
+        // Stepped back past the oldest set kept: say so rather than "already rolled back".
+        if let Some(now) = Installed::load(sd)?.filter(|i| i.cycle != cycle) {
+            return Err(Error::new(
+                Exit::NotApplicable,
+                format!(
+                    "cycle {} is installed, but its rollback set is gone (rollback_keep = {} \
+                     keeps the newest {} cycles); nothing changed",
+                    now.cycle, ctx.config.rollback_keep, ctx.config.rollback_keep
+                ),
+            ));
+        }
         return Ok(format!("cycle {cycle} already rolled back"));
     }
     let mut journal = last.clone();

@@ -52,6 +52,7 @@ pub fn preserve(
     }
     let (mut versions, mut files, mut new, mut bytes): (Versions, Vec<String>, Vec<&str>, u64) =
         (Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut conffiles = Vec::new();
     for c in changes {
         let Some(old) = &c.old else {
             new.push(&c.name);
@@ -69,8 +70,14 @@ pub fn preserve(
                 format!("{name} is at {}, apt said {old}", r.version),
             ));
         }
+        if files.is_empty() {
+            crate::support::testhook::pause_point("preserved-one");
+        }
         let file = r.path.file_name().unwrap_or_default().to_string_lossy();
         files.push(format!("{name}={old}={file}"));
+        for (path, md5) in &r.conffiles {
+            conffiles.push(format!("{name} {} {path} {md5}", r.arch));
+        }
         bytes += r.bytes;
         versions.push((name.to_string(), Some(old.clone())));
     }
@@ -90,6 +97,7 @@ pub fn preserve(
         .set("pre", encode_versions(&versions))
         .set("files", files.join(","))
         .set("new", new.join(","))
+        .set("conffiles", conffiles.join("\t"))
         .set("bytes", bytes);
     r.save(&path)
         .map_err(|e| Error::io(Exit::InstallFailed, &path, e))?;
@@ -130,6 +138,27 @@ pub fn file_for(sd: &Path, set: &Record, name: &str, version: &str) -> Option<Pa
         let mut p = f.splitn(3, '=');
         (p.next()? == name && p.next()? == version).then(|| pool(sd).join(p.next().unwrap_or("")))
     })
+}
+
+/// After `name` was put back from `set`'s repacked file: write its pre-patch conffile md5s back
+/// into the dpkg status (see `preserve::db::set_conffile_md5s`). A failure is only a warning:
+/// the files themselves are right, only a later upgrade's "modified by the admin" test is not.
+pub fn restore_conffile_records(root: &Path, set: &Record, name: &str) {
+    let mut arch = None;
+    let mut sums = Vec::new();
+    for item in set.get("conffiles").unwrap_or("").split('\t') {
+        let w: Vec<&str> = item.split(' ').collect();
+        if let [n, a, path, md5] = w.as_slice() {
+            if *n == name {
+                arch = Some(a.to_string());
+                sums.push((path.to_string(), md5.to_string()));
+            }
+        }
+    }
+    let Some(arch) = arch else { return };
+    if let Err(e) = crate::node::preserve::db::set_conffile_md5s(root, name, &arch, &sums) {
+        log::warn!("{name}: {}", e.msg);
+    }
 }
 
 /// Pre-patch versions recorded in a set.

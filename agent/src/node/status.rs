@@ -228,7 +228,7 @@ impl Status {
                 s += &format!("reason    {reason}\n");
             }
             if let Some(restored) = self.last.get("restored") {
-                s += &format!("restored  {restored}\n");
+                s += &format!("rollback  {restored}\n");
             }
             if let Some(next) = self.last.get("next_window") {
                 s += &format!("next      window opens {}\n", iso_utc_text(next));

@@ -260,13 +260,20 @@ impl PackageManager for Apt {
     }
 
     fn restore(&self, files: &[PathBuf], remove: &[String]) -> R<()> {
-        // A failed postinst leaves the new version half-configured; installing the old .deb over it
-        // runs dpkg's own upgrade/downgrade path, then the removals, then finish configuration.
+        // Packages the patch added go first: one that Conflicts/Replaces a package the patch
+        // removed would stop dpkg from putting that one back. Their dependents are about to be
+        // downgraded to versions that never needed them, hence --force-depends.
+        if !remove.is_empty() {
+            self.dpkg()
+                .args(["--force-depends", "--purge"])
+                .args(remove)
+                .run()?;
+        }
+        crate::support::testhook::pause_point("restore-purged");
+        // A failed postinst leaves the new version half-configured; installing the old .deb over
+        // it runs dpkg's own upgrade/downgrade path, then configuration is finished.
         if !files.is_empty() {
             self.dpkg().arg("--install").args(files).run()?;
-        }
-        if !remove.is_empty() {
-            self.dpkg().arg("--purge").args(remove).run()?;
         }
         self.repair()
     }

@@ -203,6 +203,105 @@ pub fn conffiles(s: &Stanza) -> Vec<(String, String, String)> {
     v
 }
 
+/// Put recorded conffile md5s back into `name`'s Conffiles field in the status file.
+///
+/// Installing a repacked package records the admin's edited text as what the package shipped,
+/// so the next upgrade would think the file untouched and replace it silently. Writing the
+/// pre-patch md5s back keeps dpkg's "modified by the admin" judgement as it was. Runs under
+/// dpkg's own lock, only when no dpkg journal (`updates/`) is pending; returns how many lines
+/// changed.
+pub fn set_conffile_md5s(
+    root: &Path,
+    name: &str,
+    arch: &str,
+    sums: &[(String, String)],
+) -> Result<usize> {
+    let dir = admindir(root);
+    let lock_path = dir.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| ioerr(&lock_path, e))?;
+    // SAFETY: `flock` is plain old data and all zeroes is a valid value (offset 0, length 0:
+    // the whole file), as dpkg itself locks it.
+    let mut fl: nix::libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = nix::libc::F_WRLCK as _;
+    fl.l_whence = nix::libc::SEEK_SET as _;
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&lock),
+        nix::fcntl::FcntlArg::F_SETLK(&fl),
+    )
+    .map_err(|e| {
+        err(format!(
+            "dpkg database is locked ({e}); conffile records not updated"
+        ))
+    })?;
+    let updates = dir.join("updates");
+    if std::fs::read_dir(&updates)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .next()
+        .is_some()
+    {
+        return Err(err(
+            "dpkg journal (updates/) is pending; conffile records not updated",
+        ));
+    }
+    let path = dir.join("status");
+    let text =
+        crate::support::fsutil::read_capped(&path, 256 << 20).map_err(|e| ioerr(&path, e))?;
+    let text = String::from_utf8(text).map_err(|_| err("dpkg status is not UTF-8"))?;
+    let (out, changed) = rewrite_conffiles(&text, name, arch, sums);
+    if changed > 0 {
+        crate::support::fsutil::write_atomic(&path, out.as_bytes(), false)
+            .map_err(|e| ioerr(&path, e))?;
+    }
+    drop(lock);
+    Ok(changed)
+}
+
+/// The status text with `name`:`arch`'s Conffiles md5s replaced by `sums` (path, md5).
+fn rewrite_conffiles(
+    text: &str,
+    name: &str,
+    arch: &str,
+    sums: &[(String, String)],
+) -> (String, usize) {
+    let mut out = String::with_capacity(text.len());
+    let mut changed = 0;
+    for stanza in text.split_inclusive("\n\n") {
+        let is_it = stanza.lines().any(|l| l == format!("Package: {name}"))
+            && stanza.lines().any(|l| l == format!("Architecture: {arch}"));
+        if !is_it {
+            out.push_str(stanza);
+            continue;
+        }
+        let mut in_conffiles = false;
+        for line in stanza.split_inclusive('\n') {
+            if !line.starts_with([' ', '\t']) {
+                in_conffiles = line.starts_with("Conffiles:");
+            } else if in_conffiles {
+                let mut w: Vec<&str> = line.split_whitespace().collect();
+                if let Some((_, md5)) = sums.iter().find(|(p, _)| w.first() == Some(&p.as_str())) {
+                    if w.len() >= 2 && w[1] != md5 {
+                        w[1] = md5;
+                        out.push(' ');
+                        out.push_str(&w.join(" "));
+                        out.push('\n');
+                        changed += 1;
+                        continue;
+                    }
+                }
+            }
+            out.push_str(line);
+        }
+    }
+    (out, changed)
+}
+
 /// `path` (absolute, as in a .list) inside `root`: symlinks in directory components are
 /// followed and kept inside the root; the last component is followed only with `follow_last`.
 pub fn resolve(root: &Path, path: &str, follow_last: bool) -> std::io::Result<PathBuf> {
@@ -279,6 +378,27 @@ mod tests {
         assert_eq!(t.get("/c"), Some(""));
         assert_eq!(t.get("/"), None);
         assert!(!t.contains("/a/"));
+    }
+
+    #[test]
+    fn conffile_md5s_are_rewritten_only_in_the_named_stanza() {
+        let text = "Package: a\nArchitecture: all\nConffiles:\n /etc/a new1\n /etc/b old2 obsolete\nDescription: x\n\n\
+                    Package: b\nArchitecture: all\nConffiles:\n /etc/a new1\n\n";
+        let sums = vec![
+            ("/etc/a".to_string(), "old1".to_string()),
+            ("/etc/b".to_string(), "old2".to_string()),
+        ];
+        let (out, n) = rewrite_conffiles(text, "a", "all", &sums);
+        assert_eq!(n, 1);
+        assert!(out.starts_with("Package: a\nArchitecture: all\nConffiles:\n /etc/a old1\n /etc/b old2 obsolete\nDescription: x\n\n"), "{out}");
+        assert!(
+            out.ends_with("Package: b\nArchitecture: all\nConffiles:\n /etc/a new1\n\n"),
+            "{out}"
+        );
+        assert_eq!(
+            rewrite_conffiles(text, "a", "amd64", &sums),
+            (text.to_string(), 0)
+        );
     }
 
     #[test]
