@@ -262,3 +262,42 @@ fn kill_during_restore_then_rollback_again_ends_at_the_image() {
     assert!(!st.contains("installed_cycle\":\"c"), "{st}");
     assert!(st.contains("\"needs_attention\":null"), "{st}");
 }
+
+/// dpkg needs a Pre-Depends configured before it unpacks the dependent package, and a restore
+/// hands it every file at once: libpam-modules (Pre-Depends: libpam-modules-bin (= exact)) in
+/// the image's real security set failed that way. The restore goes again with what is not back.
+#[test]
+fn a_pre_depends_pinned_to_the_exact_version_is_restored_in_a_second_pass() {
+    let Some(img) = image("restore-image-predepends") else {
+        return;
+    };
+    let d = img.dir.join("kiosk");
+    let one = vec![
+        Deb::new("kiosk-bin", "1.0").build(&d),
+        Deb::new("kiosk-mod", "1.0")
+            .control("Pre-Depends: kiosk-bin (= 1.0)\n")
+            .build(&d),
+    ];
+    let c1 = img.bundle_with(
+        "c1",
+        1,
+        &one,
+        &["--install", "kiosk-bin", "--install", "kiosk-mod"],
+    );
+    let r = img.agent(&format!("apply {c1}"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let two = vec![
+        Deb::new("kiosk-bin", "2.0").build(&d),
+        Deb::new("kiosk-mod", "2.0")
+            .control("Pre-Depends: kiosk-bin (= 2.0)\n")
+            .build(&d),
+    ];
+    let c2 = img.bundle("c2", 2, &two);
+    img.agent(&format!("apply {c2}")).expect(0);
+    assert!(img.version("kiosk-mod").starts_with("2.0 ii"));
+    let r = img.agent("rollback");
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(img.version("kiosk-bin").starts_with("1.0 ii"));
+    assert!(img.version("kiosk-mod").starts_with("1.0 ii"));
+    img.audit_clean();
+}

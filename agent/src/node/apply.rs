@@ -321,10 +321,11 @@ pub fn install_and_commit(
             journal.set("changed", changes.len());
         }
         // Keep a way back to every version the install replaces, image packages included.
-        if pm.name() == "apt" {
+        if pm.name() == "apt" && ctx.config.rollback_keep > 0 {
             journal.set("step", "preserving");
             journal::save(ctx, journal)?;
             crate::support::testhook::pause_point("preserving");
+            let t_preserve = std::time::Instant::now();
             let set = sets::preserve(ctx, &manifest.cycle, manifest.sequence, &changes, &pre)
                 .map_err(|e| {
                     let _ = std::fs::remove_dir_all(staging);
@@ -334,6 +335,7 @@ pub fn install_and_commit(
                         e.msg
                     ))
                 })?;
+            info.time("preserve", t_preserve);
             journal.set("rollback_set", set.display());
         }
         journal.set("step", "snapshot");

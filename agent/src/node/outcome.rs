@@ -21,6 +21,22 @@ pub fn finish(ctx: &Ctx, command: &str, result: &Result<String>, info: &RunInfo)
     if let Some(t) = info.next_window {
         extra.push(("next_window", t.to_string()));
     }
+    // For a technician with -v and for benchmarks: where the time went, and the agent's own
+    // memory high-water mark (package managers it ran are not counted).
+    let steps: Vec<String> = info
+        .timings
+        .iter()
+        .map(|(step, ms)| format!("{step} {ms} ms"))
+        .collect();
+    log::info!(
+        "{command}: {}; agent peak RSS {} kB",
+        if steps.is_empty() {
+            "-".to_string()
+        } else {
+            steps.join(", ")
+        },
+        crate::support::fsutil::peak_rss_kb().unwrap_or(0)
+    );
     let sd = ctx.state_dir();
     if let Err(e) = status::record_result(
         sd,

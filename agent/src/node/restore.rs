@@ -6,6 +6,7 @@ use crate::node::pkg::PackageManager;
 use crate::node::sets;
 use crate::node::store;
 use crate::support::kv::Record;
+use std::path::PathBuf;
 
 pub use crate::node::sets::{decode_versions, encode_versions, Versions};
 
@@ -67,7 +68,30 @@ pub fn restore_packages(
             }
         }
     }
-    let done = pm.restore(&files, &remove);
+    let mut done = pm.restore(&files, &remove);
+    // dpkg installs in command-line order and refuses a package whose Pre-Depends pins an exact
+    // version of another one not yet put back (libpam-modules on libpam-modules-bin): go again
+    // with what is still not back, as long as each pass makes progress.
+    let mut left = files.len();
+    while done.is_err() && left > 0 {
+        let Ok(now) = pm.installed(&names) else { break };
+        let retry: Vec<PathBuf> = pre
+            .iter()
+            .zip(now)
+            .filter(|((_, want), have)| want.is_some() && want != have)
+            .filter_map(|((name, _), _)| {
+                let i = restored
+                    .iter()
+                    .position(|r| r.split('=').next() == Some(name))?;
+                Some(files[i].clone())
+            })
+            .collect();
+        if retry.is_empty() || retry.len() >= left {
+            break;
+        }
+        left = retry.len();
+        done = pm.restore(&retry, &[]);
+    }
     // Check what is there now, whatever the package manager said.
     let mut bad = Vec::new();
     match pm.installed(&names) {

@@ -27,14 +27,27 @@ impl Output {
     }
 
     /// The last non-empty stderr (or stdout) line: what an operator needs on one console line.
-    pub fn last_line(&self) -> &str {
-        self.stderr
+    /// The line that says why: the last one reporting an error, with the line after it when
+    /// it ends in ':' (dpkg: "error processing archive X (--install):" + the reason; its closing
+    /// "Errors were encountered while processing:" + file list says nothing), else the last line.
+    pub fn last_line(&self) -> String {
+        let lines: Vec<&str> = self
+            .stdout
             .lines()
-            .rev()
-            .chain(self.stdout.lines().rev())
+            .chain(self.stderr.lines())
             .map(str::trim)
-            .find(|l| !l.is_empty())
-            .unwrap_or("(no output)")
+            .filter(|l| !l.is_empty())
+            .collect();
+        let why = lines.iter().rposition(|l| {
+            l.to_ascii_lowercase().contains("error") && !l.starts_with("Errors were encountered")
+        });
+        match why {
+            Some(i) if lines[i].ends_with(':') && i + 1 < lines.len() => {
+                format!("{} {}", lines[i], lines[i + 1])
+            }
+            Some(i) => lines[i].to_string(),
+            None => lines.last().unwrap_or(&"(no output)").to_string(),
+        }
     }
 }
 

@@ -387,9 +387,17 @@ impl Config {
                         })?
                 }
                 "snapshot_keep" | "rollback_keep" => {
+                    // rollback_keep = 0: no rollback sets at all (a filesystem snapshot is the
+                    // node's way back); a snapshot backend always keeps one.
+                    let low = i64::from(key == "snapshot_keep");
                     let n = match value {
-                        Value::Int(n) if (1..=100).contains(&n) => n as u64,
-                        _ => return Err(at(line, format!("{key} must be a number from 1 to 100"))),
+                        Value::Int(n) if (low..=100).contains(&n) => n as u64,
+                        _ => {
+                            return Err(at(
+                                line,
+                                format!("{key} must be a number from {low} to 100"),
+                            ))
+                        }
                     };
                     if key == "snapshot_keep" {
                         snapshot_keep = n
@@ -549,6 +557,20 @@ health_timeout = 60
         let e = Config::parse(&format!("{GOOD}colour = \"red\"\n"), "agent.conf").unwrap_err();
         assert!(
             e.msg.starts_with("agent.conf:22: unknown key \"colour\""),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn rollback_keep_may_be_zero_snapshot_keep_may_not() {
+        let c = Config::parse(&format!("{GOOD}rollback_keep = 0\n"), "agent.conf").unwrap();
+        assert_eq!(c.rollback_keep, 0);
+        let text = GOOD.replace("snapshot_keep = 3", "snapshot_keep = 0");
+        let e = Config::parse(&text, "agent.conf").unwrap_err();
+        assert!(
+            e.msg
+                .contains("snapshot_keep must be a number from 1 to 100"),
             "{}",
             e.msg
         );

@@ -251,7 +251,7 @@ impl PackageManager for Apt {
         Err(format!(
             "apt-get exited {:?}: {}",
             out.status,
-            dpkg_line.unwrap_or(out.last_line()).trim()
+            dpkg_line.map_or_else(|| out.last_line(), |l| l.trim().to_string())
         ))
     }
 
