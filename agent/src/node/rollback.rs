@@ -53,7 +53,7 @@ pub fn health_spec(config: &crate::support::config::Config, manifest: &Manifest)
 /// Snapshot the root before install; returns the id to journal.
 pub fn take_snapshot(ctx: &Ctx, manifest: &Manifest) -> std::result::Result<String, String> {
     let snaps = Snapshots::new(&ctx.config.root);
-    let backend = snaps.choose(&ctx.config.snapshot)?;
+    let backend = snaps.choose(&ctx.config.snapshot, ctx.state_dir())?;
     let label = format!(
         "{}-{}",
         manifest.sequence,
