@@ -18,6 +18,31 @@ pub fn attention_path(sd: &std::path::Path) -> std::path::PathBuf {
     sd.join("needs-attention")
 }
 
+/// What is not at its pre-patch version (`name (at X, want Y)`), and the package database's
+/// complaint if it has one; empty when the pre-patch state is back.
+pub fn not_back(pm: &dyn PackageManager, pre: &[(String, Option<String>)]) -> Vec<String> {
+    let names: Vec<String> = pre.iter().map(|(n, _)| n.clone()).collect();
+    let mut bad = Vec::new();
+    match pm.installed(&names) {
+        Ok(now) => {
+            for ((name, want), have) in pre.iter().zip(now) {
+                if *want != have {
+                    bad.push(format!(
+                        "{name} (at {}, want {})",
+                        have.as_deref().unwrap_or("none"),
+                        want.as_deref().unwrap_or("none")
+                    ));
+                }
+            }
+        }
+        Err(e) => bad.push(e),
+    }
+    if let Err(e) = pm.audit() {
+        bad.push(e);
+    }
+    bad
+}
+
 /// Put every package back to its pre-patch version: the file from the cycle's rollback set
 /// first, then the package caches of the last two bundles; packages the patch added are purged.
 /// Then check: every package at its pre-patch version and dpkg clean, or "restore incomplete:
@@ -67,24 +92,7 @@ pub fn restore_packages(
     }
     let done = pm.restore(&files, &remove);
     // Check what is there now, whatever the package manager said.
-    let mut bad = Vec::new();
-    match pm.installed(&names) {
-        Ok(now) => {
-            for ((name, want), have) in pre.iter().zip(now) {
-                if *want != have {
-                    bad.push(format!(
-                        "{name} (at {}, want {})",
-                        have.as_deref().unwrap_or("none"),
-                        want.as_deref().unwrap_or("none")
-                    ));
-                }
-            }
-        }
-        Err(e) => bad.push(e),
-    }
-    if let Err(e) = pm.audit() {
-        bad.push(e);
-    }
+    let bad = not_back(pm, pre);
     let attention = attention_path(sd);
     if !bad.is_empty() {
         let mut msg = format!("restore incomplete: {}", bad.join(", "));
