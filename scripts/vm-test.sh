@@ -7,7 +7,8 @@
 #    target/images/); scripts/package.sh: the agent .deb
 # 2. a per-run disk (ext4, mkfs -d from an overlay of the cached tree) with the .deb installed,
 #    release key, agent.conf (node_id empty: machine-id), the timer held back to 1 h after boot
-#    so it does not race the cases
+#    so it does not race the cases; and a per-run btrfs disk from the same tree (/ on @rootfs,
+#    state_dir on @edgepatch, snapshot = auto, the app's self-test as health check) for case d
 # 3. sample packages and bundles (edgepatch-builder keygen/build/publish); a mirror served by
 #    python3 on 127.0.0.1, reached by the guest as http://10.0.2.100/ (restrict=on + guestfwd);
 #    a vfat USB stick image holding a bundle
@@ -32,12 +33,15 @@ cp "$ROOT"/boot/initrd.img-* "$W/initrd.img"
 # --- bundles -----------------------------------------------------------------------------------
 cd "$W"
 "$B" keygen --out keys >/dev/null
-mkpkg() { # name version outdir [postinst]
+mkpkg() { # name version outdir [postinst]; HEALTH=...: body of the app's self-test
     local d=src/$1-$2
-    mkdir -p "$d/DEBIAN" "$d/usr/share/kiosk"
+    mkdir -p "$d/DEBIAN" "$d/usr/share/kiosk" "$d/usr/bin"
     printf 'Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: vm test <vm@example.invalid>\nDescription: edgepatch vm test package\n' \
         "$1" "$2" >"$d/DEBIAN/control"
     echo "$1 $2" >"$d/usr/share/kiosk/$1.txt"
+    # The app's own self-test (case d's health_command): passes unless HEALTH says otherwise.
+    printf '#!/bin/sh\n%s\n' "${HEALTH:-exit 0}" >"$d/usr/bin/$1-health"
+    chmod 755 "$d/usr/bin/$1-health"
     if [ -n "${4:-}" ]; then
         printf '%s\n' "$4" >"$d/DEBIAN/postinst"
         chmod 755 "$d/DEBIAN/postinst"
@@ -56,10 +60,12 @@ exit 0'
 mkpkg kiosk-app 1.0 cycle-1
 mkpkg kiosk-app 1.1 cycle-2
 mkpkg kiosk-app 1.2 cycle-3 "$PAUSE"
+# c5 (case d, the btrfs node): a kiosk-app whose self-test fails once it is installed.
+HEALTH='echo "kiosk-app 1.3: self-test failed" >&2; exit 1' mkpkg kiosk-app 1.3 cycle-5
 V=debian-12-amd64
 "$B" build --key keys/edgepatch.key --variant $V --cycle c1 --sequence 1 --install kiosk-app \
     --out c1.epb cycle-1 >/dev/null
-for n in 2 3; do
+for n in 2 3 5; do
     "$B" build --key keys/edgepatch.key --variant $V --cycle c$n --sequence $n \
         --out c$n.epb cycle-$n >/dev/null
 done
@@ -106,9 +112,34 @@ printf '[Timer]\nOnBootSec=1h\n' >"$R/etc/systemd/system/edgepatch.timer.d/vm-te
 : >"$R/etc/machine-id"
 truncate -s 3G disk.img
 mkfs.ext4 -q -F -L root -d "$R" disk.img
+
+# The btrfs node (case d), laid out as Debian's installer does: / on the subvolume @rootfs,
+# named by rootflags=subvol=@rootfs (drive.py) and by fstab; state_dir on its own top-level
+# subvolume @edgepatch, mounted by fstab, so a restore of / does not rewind it. Snapshot backend
+# auto (picks btrfs), the app's self-test as the health check.
+cat >"$R/etc/fstab" <<'FSTAB'
+/dev/vda / btrfs rw,subvol=@rootfs 0 0
+/dev/vda /var/lib/edgepatch btrfs rw,subvol=@edgepatch 0 0
+FSTAB
+sed -i 's/^snapshot = .*/snapshot = "auto"/' "$R/etc/edgepatch/agent.conf"
+printf 'health_command = "/usr/bin/kiosk-app-health"\nhealth_timeout = 5\n' \
+    >>"$R/etc/edgepatch/agent.conf"
+truncate -s 3G btrfs.img
+mkfs.btrfs -q -L root btrfs.img >/dev/null
+mkdir -p bt
+mount -o loop btrfs.img bt
+trap 'umount "$W/bt" "$W/ov/root" 2>/dev/null || true' EXIT
+btrfs -q subvolume create bt/@rootfs
+btrfs -q subvolume create bt/@edgepatch
+cp -a "$R/." bt/@rootfs/
+mkdir -p bt/@rootfs/var/lib/edgepatch
+cp -a bt/@rootfs/var/lib/edgepatch/. bt/@edgepatch/
+find bt/@rootfs/var/lib/edgepatch -mindepth 1 -delete
+chmod 0700 bt/@edgepatch
+umount bt
 umount "$R"
 trap - EXIT
-rm -rf ov
+rm -rf ov bt
 
-log "disk $(du -sh disk.img | cut -f1) ready; booting"
+log "disks ready (ext4 $(du -sh disk.img | cut -f1), btrfs $(du -sh btrfs.img | cut -f1)); booting"
 exec python3 "$TOP/tests/vm/drive.py" "$W" "$B"

@@ -285,6 +285,13 @@ fn lvm_thin_and_timeshift_command_lines() {
             "{backend}: {}",
             r.stderr
         );
+        // Until the reboot, nothing is installed on the root about to be replaced.
+        let again = with_path(&node, &bin, &["apply", c1.to_str().unwrap()]).expect(5);
+        assert!(
+            again.stderr.contains("restores at next boot: reboot first"),
+            "{backend}: {}",
+            again.stderr
+        );
         let calls = std::fs::read_to_string(&log).unwrap();
         if backend == "lvm-thin" {
             assert!(calls.contains("lvcreate -s -n edgepatch-1-"), "{calls}");

@@ -4,8 +4,10 @@
 #   bash tests/image/build-vm-image.sh            # prints the path of the root tree
 #   bash tests/image/build-vm-image.sh --disk     # also an ext4 disk image, prints its path
 #
-# debootstrap --variant=minbase bookworm with systemd, systemd-sysv, linux-image-amd64, udev and
-# kmod, from the mirror in /etc/apt/sources.list.d/debian.sources (deb.debian.org). Root only.
+# debootstrap --variant=minbase bookworm with systemd, systemd-sysv, linux-image-amd64, udev,
+# kmod and btrfs-progs (the agent's btrfs snapshots; its initramfs hook and MODULES=most put
+# btrfs into the initrd, so the same kernel boots a btrfs root), from the mirror in
+# /etc/apt/sources.list.d/debian.sources (deb.debian.org). Root only.
 # The tree (target/images/bookworm-root/) is the chroot of tests/package.sh; the disk image
 # (target/images/bookworm.ext4, plus vmlinuz and initrd.img next to it) is what
 # scripts/vm-test.sh boots. Delete target/images/ to rebuild. Other branches may have
@@ -15,10 +17,11 @@ cd "$(dirname "$0")/../.."
 OUT=${EDGEPATCH_IMAGES:-$PWD/target/images}
 ROOT=$OUT/bookworm-root
 MIRROR=${EDGEPATCH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-INCLUDE=systemd,systemd-sysv,linux-image-amd64,udev,kmod,dbus,e2fsprogs,dosfstools
+INCLUDE=systemd,systemd-sysv,linux-image-amd64,udev,kmod,dbus,e2fsprogs,dosfstools,btrfs-progs
 mkdir -p "$OUT"
 
-if [ ! -f "$ROOT/.complete" ]; then
+# .complete holds the package list it was built with: a tree from an older list is rebuilt.
+if [ "$(cat "$ROOT/.complete" 2>/dev/null)" != "$INCLUDE" ]; then
     rm -rf "$ROOT" "$ROOT.tmp"
     echo "build-vm-image: debootstrap bookworm into $ROOT (a few minutes, cached)" >&2
     debootstrap --variant=minbase --include="$INCLUDE" bookworm "$ROOT.tmp" "$MIRROR" \
@@ -41,7 +44,7 @@ UNIT
     chroot "$R" passwd -d root >/dev/null
     rm -f "$R"/var/cache/apt/archives/*.deb
     mv "$R" "$ROOT"
-    touch "$ROOT/.complete"
+    echo "$INCLUDE" >"$ROOT/.complete"
 fi
 
 if [ "${1:-}" = --disk ]; then

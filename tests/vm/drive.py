@@ -2,8 +2,8 @@
 
 usage: drive.py WORKDIR BUILDER
 
-WORKDIR holds disk.img, vmlinuz, initrd.img, usb.img, keys/, c1..c3.epb and mirror/ (served on
-127.0.0.1 to the guest as http://10.0.2.100/). Prints one line per case and exits 0 only when
+WORKDIR holds disk.img (ext4), btrfs.img (case d), vmlinuz, initrd.img, usb.img, keys/, the
+c*.epb bundles and mirror/ (served on 127.0.0.1 to the guest as http://10.0.2.100/). Prints one line per case and exits 0 only when
 every case passed. The serial console of each boot is kept in WORKDIR/serial-N.log.
 """
 import functools
@@ -11,6 +11,7 @@ import http.server
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,7 +50,7 @@ def publish(*bundles, expires="7d"):
 class VM:
     boots = 0
 
-    def __init__(self, port):
+    def __init__(self, port, disk="disk.img", append=""):
         VM.boots += 1
         self.log = open(f"{W}/serial-{VM.boots}.log", "wb")
         self.buf = b""
@@ -64,8 +65,8 @@ class VM:
             "-monitor", f"unix:{self.mon},server=on,wait=off",
             "-kernel", f"{W}/vmlinuz", "-initrd", f"{W}/initrd.img",
             "-append", "root=/dev/vda rw console=ttyS0,115200 quiet loglevel=1 "
-                       "systemd.show_status=0 net.ifnames=0",
-            "-drive", f"file={W}/disk.img,if=virtio,format=raw",
+                       f"systemd.show_status=0 net.ifnames=0 {append}".strip(),
+            "-drive", f"file={W}/{disk},if=virtio,format=raw",
             "-nic", f"user,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:python3 {HERE}/relay.py {port}",
             "-device", "qemu-xhci,id=xhci",
         ]
@@ -244,6 +245,82 @@ def case_c(box, port):
         raise Failed(f"not resolved by the recovery unit at boot: {status!r}")
     print(f"vm: c recovered to {which}", flush=True)
 
+MOUNTS = "for m in / /var/lib/edgepatch; do findmnt -n -o FSTYPE,FSROOT -M $m; done"
+
+
+@case("d btrfs-root-rollback")
+def case_d(box, port):
+    """The btrfs node: c1 applied (snapshot auto -> btrfs), then c5, whose kiosk-app 1.3 fails its
+    own self-test (the health check): exit 7, restore of / pending; after a reboot through the
+    console the pre-patch root is the one running, and the agent's records (their own subvolume)
+    say so."""
+    t = time.time()
+    vm = box[0] = VM(port, disk="btrfs.img", append="rootflags=subvol=@rootfs")
+    vm.login()
+    print(f"vm: boot {VM.boots} (btrfs root) to a shell in {time.time() - t:.0f} s", flush=True)
+    _, mnt = vm.sh(MOUNTS)
+    if mnt.split() != ["btrfs", "/@rootfs", "btrfs", "/@edgepatch"]:
+        raise Failed(f"btrfs layout not as built: {mnt!r}")
+    # A node of its own: the mirror starts again from c1 (publish keeps what it published).
+    shutil.rmtree(f"{W}/mirror")
+    os.mkdir(f"{W}/mirror")
+    publish("c1.epb")
+    service(vm, 0, "success")
+    if version(vm) != "1.0 ii":
+        raise Failed(f"kiosk-app after c1: {version(vm)!r}")
+    _, st = vm.sh("edgepatch status --json")
+    if '"snapshot":"btrfs:edgepatch-1-' not in st.replace(" ", ""):
+        raise Failed(f"snapshot = auto did not take a btrfs snapshot for c1: {st[:300]!r}")
+    publish("c1.epb", "c5.epb")
+    service(vm, 7, "exit-code")
+    _, status = vm.sh("edgepatch status")
+    for want in ["last      apply health-failed (exit 7)", "kiosk-app-health exited exit status: 1",
+                 "snapshot btrfs:edgepatch-5-", "REBOOT REQUIRED"]:
+        if want not in status:
+            raise Failed(f"status after the failed health check lacks {want!r}: {status!r}")
+    # The restore takes effect at the reboot: until then the unhealthy version is what runs.
+    if version(vm) != "1.3 ii":
+        raise Failed(f"kiosk-app before the reboot: {version(vm)!r}")
+    _, boot1 = vm.sh("cat /proc/sys/kernel/random/boot_id")
+    t = time.time()
+    vm.sh("systemctl reboot")
+    vm.expect(r"edgepatch-vm ttyS0", 600)  # agetty's banner: the new boot's console
+    vm.login()
+    print(f"vm: d reboot to a shell in {time.time() - t:.0f} s", flush=True)
+    _, boot2 = vm.sh("cat /proc/sys/kernel/random/boot_id")
+    if boot2.strip() == boot1.strip():
+        raise Failed("the guest did not reboot")
+    v = version(vm)
+    rc, _ = vm.sh("/usr/bin/kiosk-app-health")
+    if v != "1.0 ii" or rc != 0:
+        raise Failed(f"after the reboot kiosk-app is {v!r}, self-test exit {rc}")
+    _, mnt = vm.sh(MOUNTS)
+    if mnt.split() != ["btrfs", "/@rootfs", "btrfs", "/@edgepatch"]:
+        raise Failed(f"mounts after the reboot: {mnt!r}")
+    _, st = vm.sh("systemctl show -p Result -p ExecMainStatus edgepatch-recover.service")
+    if "Result=success" not in st:
+        raise Failed(f"edgepatch-recover.service: {st.split()}")
+    rc, audit = vm.sh("dpkg --audit")
+    if rc != 0 or audit.strip():
+        raise Failed(f"dpkg --audit: rc {rc} {audit.strip()[:200]!r}")
+    _, status = vm.sh("edgepatch status")
+    for want in ["installed c1 seq 1", "step      idle", "last      recover ok (exit 0)",
+                 "rollback of c5 took effect at boot: pre-patch versions back",
+                 "kiosk-app=1.0 (btrfs:edgepatch-5-"]:
+        if want not in status:
+            raise Failed(f"status after the reboot lacks {want!r}: {status!r}")
+    if "ATTENTION" in status or "REBOOT" in status:
+        raise Failed(f"status after the reboot: {status!r}")
+    # The replaced (post-patch) root was deleted once the node ran from the restored one.
+    _, subs = vm.sh("btrfs subvolume list /")
+    if ".replaced" in subs or "@rootfs" not in subs:
+        raise Failed(f"subvolumes after the reboot: {subs!r}")
+    # state_dir was not rewound: the node still refuses c5 (an agent whose records went back
+    # with / would install it again and fail the health check again: exit 7).
+    service(vm, 4, "success")
+    if version(vm) != "1.0 ii":
+        raise Failed(f"kiosk-app after the run following the reboot: {version(vm)!r}")
+
 
 @case("e agent-self-update")
 def case_e(vm):
@@ -295,6 +372,10 @@ def main():
         vm = box[0]
         if vm.p.poll() is None:
             case_e(vm)
+        if vm.p.poll() is None:
+            vm.poweroff()
+        case_d(box, port)
+        vm = box[0]
         if vm.p.poll() is None:
             vm.poweroff()
     except Failed as e:

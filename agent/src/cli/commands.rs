@@ -54,7 +54,10 @@ pub fn rollback(config: &Config, order: Option<PathBuf>) -> Result<()> {
 
 /// Show the status; first resolve an interrupted run if no other run is active.
 pub fn status(config: &Config, json: bool) -> Result<()> {
-    if crate::node::status::journal_path(&config.state_dir).exists() {
+    let sd = &config.state_dir;
+    if crate::node::status::journal_path(sd).exists()
+        || crate::node::rollback::pending_path(sd).exists()
+    {
         if let Ok(_lock) = lock::acquire(&config.state_dir) {
             let recovered = with_ctx(config, None, |ctx| {
                 session::recover(ctx, &mut RunInfo::default())

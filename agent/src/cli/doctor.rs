@@ -459,7 +459,7 @@ fn check_pkgmgr(config: &Config) -> Check {
 
 fn check_snapshot(config: &Config) -> Check {
     let snaps = crate::node::snapshot::Snapshots::new(&config.root);
-    match snaps.choose(&config.snapshot) {
+    match snaps.choose(&config.snapshot, &config.state_dir) {
         Ok(b) => {
             let how = if config.snapshot == "auto" {
                 " (auto)"

@@ -19,6 +19,31 @@ pub fn attention_path(sd: &std::path::Path) -> std::path::PathBuf {
     sd.join("needs-attention")
 }
 
+/// What is not at its pre-patch version (`name (at X, want Y)`), and the package database's
+/// complaint if it has one; empty when the pre-patch state is back.
+pub fn not_back(pm: &dyn PackageManager, pre: &[(String, Option<String>)]) -> Vec<String> {
+    let names: Vec<String> = pre.iter().map(|(n, _)| n.clone()).collect();
+    let mut bad = Vec::new();
+    match pm.installed(&names) {
+        Ok(now) => {
+            for ((name, want), have) in pre.iter().zip(now) {
+                if *want != have {
+                    bad.push(format!(
+                        "{name} (at {}, want {})",
+                        have.as_deref().unwrap_or("none"),
+                        want.as_deref().unwrap_or("none")
+                    ));
+                }
+            }
+        }
+        Err(e) => bad.push(e),
+    }
+    if let Err(e) = pm.audit() {
+        bad.push(e);
+    }
+    bad
+}
+
 /// Put every package back to its pre-patch version: the file from the cycle's rollback set
 /// first, then the package caches of the last two bundles; packages the patch added are purged.
 /// Then check: every package at its pre-patch version and dpkg clean, or "restore incomplete:
@@ -92,30 +117,18 @@ pub fn restore_packages(
         left = retry.len();
         done = pm.restore(&retry, &[]);
     }
-    // Check what is there now, whatever the package manager said.
-    let mut bad = Vec::new();
-    match pm.installed(&names) {
-        Ok(now) => {
+    // dpkg's conffile records of the packages put back from the set (Debian family).
+    if let (Some(set), "apt") = (set, pm.name()) {
+        if let Ok(now) = pm.installed(&names) {
             for ((name, want), have) in pre.iter().zip(now) {
-                if let Some(set) = set.filter(|_| *want == have && from_set.contains(name)) {
-                    if pm.name() == "apt" {
-                        sets::restore_conffile_records(&ctx.config.root, set, name);
-                    }
-                }
-                if *want != have {
-                    bad.push(format!(
-                        "{name} (at {}, want {})",
-                        have.as_deref().unwrap_or("none"),
-                        want.as_deref().unwrap_or("none")
-                    ));
+                if *want == have && from_set.contains(name) {
+                    sets::restore_conffile_records(&ctx.config.root, set, name);
                 }
             }
         }
-        Err(e) => bad.push(e),
     }
-    if let Err(e) = pm.audit() {
-        bad.push(e);
-    }
+    // Check what is there now, whatever the package manager said.
+    let bad = not_back(pm, pre);
     let attention = attention_path(sd);
     if !bad.is_empty() {
         let mut msg = format!("restore incomplete: {}", bad.join(", "));

@@ -14,13 +14,15 @@ use crate::node::marks::{
     add_to_list, list_path, order_done, read_list, refuse_cycle, remove_from_list,
 };
 use crate::node::pkg::PackageManager;
-use crate::node::restore::{decode_versions, incomplete, restore_packages};
+use crate::node::restore::{
+    decode_versions, encode_versions, incomplete, not_back, restore_packages,
+};
 use crate::node::sets;
 use crate::node::snapshot::{Backend, Restored, Snapshots};
 use crate::node::state::Installed;
 use crate::support::error::{Error, Exit, Result};
 use crate::support::kv::Record;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The health check for this bundle: the policy's URL and timeout win over the node config's;
@@ -53,7 +55,7 @@ pub fn health_spec(config: &crate::support::config::Config, manifest: &Manifest)
 /// Snapshot the root before install; returns the id to journal.
 pub fn take_snapshot(ctx: &Ctx, manifest: &Manifest) -> std::result::Result<String, String> {
     let snaps = Snapshots::new(&ctx.config.root);
-    let backend = snaps.choose(&ctx.config.snapshot)?;
+    let backend = snaps.choose(&ctx.config.snapshot, ctx.state_dir())?;
     let label = format!(
         "{}-{}",
         manifest.sequence,
@@ -81,12 +83,100 @@ pub fn undo(ctx: &Ctx, pm: &dyn PackageManager, journal: &Record) -> String {
         match Snapshots::new(&ctx.config.root).restore(snapshot) {
             Ok(Restored::Now) => return format!("snapshot {snapshot} restored"),
             Ok(Restored::AfterReboot) => {
-                return format!("snapshot {snapshot} restores at next boot: REBOOT REQUIRED")
+                let mut p = Record::new();
+                p.set("snapshot", snapshot)
+                    .set("cycle", journal.get("cycle").unwrap_or("-"))
+                    .set("pre", encode_versions(&pre))
+                    .set("boot", boot_id());
+                let path = pending_path(ctx.state_dir());
+                if let Err(e) = p.save(&path) {
+                    log::warn!("cannot write {}: {e}", path.display());
+                }
+                return format!("snapshot {snapshot} restores at next boot: REBOOT REQUIRED");
             }
             Err(e) => log::error!("restoring {snapshot} failed ({e}); restoring packages instead"),
         }
     }
     restore_packages(ctx, pm, &pre, set.as_ref())
+}
+
+/// `state_dir/restore-pending`: a snapshot restore that completes at the next boot (btrfs `/`,
+/// lvm-thin, timeshift): the snapshot, the cycle, the versions it brings back, the boot it was
+/// made in.
+pub fn pending_path(sd: &Path) -> PathBuf {
+    sd.join("restore-pending")
+}
+
+/// This boot's id (the kernel makes a new one at every boot).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// A restore waiting for the reboot. In the boot that made it: Err (deferred; nothing is
+/// installed on a root about to be replaced). In a later boot: check that the pre-patch versions
+/// are back (and the package database clean), record the outcome as `recover`, once.
+pub fn settle_restore(ctx: &Ctx, boot: &str) -> Result<()> {
+    let path = pending_path(ctx.state_dir());
+    let Ok(Some(rec)) = Record::load(&path) else {
+        return Ok(());
+    };
+    let snapshot = rec.get("snapshot").unwrap_or("-").to_string();
+    let pm = ctx.package_manager()?;
+    let Some(outcome) = settled(&rec, boot, pm.as_ref()) else {
+        return Err(Error::new(
+            Exit::Deferred,
+            format!("snapshot {snapshot} restores at next boot: reboot first"),
+        ));
+    };
+    let result = outcome.map_err(|m| {
+        let _ = crate::support::fsutil::write_atomic(
+            &crate::node::restore::attention_path(ctx.state_dir()),
+            m.as_bytes(),
+            false,
+        );
+        Error::new(Exit::InstallFailed, m)
+    });
+    if result.is_ok() && snapshot.starts_with("btrfs:") {
+        if let Err(e) = Snapshots::new(&ctx.config.root).forget_replaced() {
+            log::warn!("cannot delete the replaced root: {e}");
+        }
+    }
+    let info = RunInfo {
+        cycle: rec.get("cycle").map(str::to_string),
+        restored: Some(format!("{} ({snapshot})", rec.get("pre").unwrap_or("-"))),
+        snapshot: Some(snapshot),
+        ..RunInfo::default()
+    };
+    crate::node::outcome::finish(ctx, "recover", &result, &info);
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// None in the boot that made the restore; later Ok(account) when the pre-patch versions are
+/// back, else Err naming what is not.
+fn settled(
+    rec: &Record,
+    boot: &str,
+    pm: &dyn PackageManager,
+) -> Option<std::result::Result<String, String>> {
+    if rec.get("boot") == Some(boot) {
+        return None;
+    }
+    let cycle = rec.get("cycle").unwrap_or("-");
+    let bad = not_back(pm, &decode_versions(rec.get("pre").unwrap_or("")));
+    Some(if bad.is_empty() {
+        Ok(format!(
+            "rollback of {cycle} took effect at boot: pre-patch versions back"
+        ))
+    } else {
+        Err(format!(
+            "rollback of {cycle} did not take effect at boot: {}",
+            bad.join(", ")
+        ))
+    })
 }
 
 /// Record what a successful apply changed and prune old snapshots.
@@ -325,4 +415,87 @@ pub fn carry_out_order(ctx: &Ctx, path: &Path, info: &mut RunInfo) -> Result<Str
     }?;
     add_to_list(sd, "orders", &digest);
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::pkg::{Change, RepoPackage};
+
+    /// Answers `installed` and `audit` from fixed values; nothing else is called.
+    struct Fixed(Vec<Option<String>>, std::result::Result<(), String>);
+
+    impl PackageManager for Fixed {
+        fn name(&self) -> &'static str {
+            "apt"
+        }
+        fn repo_packages(&self, _: &Path) -> std::result::Result<Vec<RepoPackage>, String> {
+            unreachable!()
+        }
+        fn installed(&self, names: &[String]) -> std::result::Result<Vec<Option<String>>, String> {
+            assert_eq!(names, ["kiosk-app", "kiosk-extra"]);
+            Ok(self.0.clone())
+        }
+        fn newer(&self, _: &str, _: &str) -> std::result::Result<bool, String> {
+            unreachable!()
+        }
+        fn simulate(
+            &self,
+            _: &Path,
+            _: &[(String, String)],
+        ) -> std::result::Result<Vec<Change>, String> {
+            unreachable!()
+        }
+        fn install(&self, _: &Path, _: &[(String, String)]) -> std::result::Result<(), String> {
+            unreachable!()
+        }
+        fn repair(&self) -> std::result::Result<(), String> {
+            unreachable!()
+        }
+        fn restore(&self, _: &[PathBuf], _: &[String]) -> std::result::Result<(), String> {
+            unreachable!()
+        }
+        fn audit(&self) -> std::result::Result<(), String> {
+            self.1.clone()
+        }
+    }
+
+    #[test]
+    fn restore_after_reboot_is_judged_in_the_next_boot_by_the_versions() {
+        let mut rec = Record::new();
+        rec.set("snapshot", "btrfs:edgepatch-5-1")
+            .set("cycle", "c5")
+            .set("pre", "kiosk-app=1.1,kiosk-extra=-")
+            .set("boot", "boot-a");
+        let back = Fixed(vec![Some("1.1".into()), None], Ok(()));
+        assert_eq!(
+            settled(&rec, "boot-a", &back),
+            None,
+            "same boot: still waiting"
+        );
+        assert_eq!(
+            settled(&rec, "boot-b", &back),
+            Some(Ok(
+                "rollback of c5 took effect at boot: pre-patch versions back".into()
+            ))
+        );
+        // The reboot came but the old root is still there (say, booted by a subvol= that the
+        // restore did not reach): the new version and the package it added are named.
+        let not = Fixed(vec![Some("1.3".into()), Some("1.0".into())], Ok(()));
+        let Some(Err(m)) = settled(&rec, "boot-b", &not) else {
+            panic!("not back, yet not an error");
+        };
+        assert!(
+            m.contains("kiosk-app (at 1.3, want 1.1)")
+                && m.contains("kiosk-extra (at 1.0, want none)"),
+            "{m}"
+        );
+        let half = Fixed(
+            vec![Some("1.1".into()), None],
+            Err("dpkg --audit: kiosk-app".into()),
+        );
+        assert!(
+            matches!(settled(&rec, "boot-b", &half), Some(Err(m)) if m.contains("dpkg --audit"))
+        );
+    }
 }

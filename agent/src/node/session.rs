@@ -24,6 +24,7 @@ pub fn apply(ctx: &Ctx, bundle: Option<&Path>) -> Result<String> {
 
 /// Resolve what an interrupted run left behind. Called with the lock held.
 pub fn recover(ctx: &Ctx, info: &mut RunInfo) -> Result<()> {
+    rollback::settle_restore(ctx, &rollback::boot_id())?;
     let jp = journal_path(ctx.state_dir());
     let Some(mut journal) = Record::load(&jp).map_err(|e| Error::io(Exit::Usage, &jp, e))? else {
         return Ok(());

@@ -1,10 +1,18 @@
 //! Snapshots taken before install, restored by a failed health check, `edgepatch rollback` or a
 //! signed rollback order. Backends (config `snapshot`):
 //!
-//! - `btrfs`: a read-only snapshot of the root subvolume. For a scratch root (root is not `/`)
-//!   snapshots live beside it in `<parent>/.edgepatch-snapshots/` and restore swaps subvolumes
-//!   (snapshot -> writable copy -> rename over root). For `/` they live in `/.snapshots/` and
-//!   restore makes a writable copy the default subvolume; the node must reboot (status says so).
+//! - `btrfs`: a read-only snapshot of the root subvolume, kept beside it (outside it) in
+//!   `<parent>/.edgepatch-snapshots/`. Restore swaps subvolumes: a writable copy of the snapshot
+//!   takes the root subvolume's own path (and its place as default subvolume, if it had it), the
+//!   replaced root becomes `<name>.replaced`. A scratch root is then back at once. For `/` the
+//!   filesystem's top level is mounted at `/run/edgepatch/btrfs` for the operation, and the swap
+//!   takes effect at the next boot, whether the node boots by `rootflags=subvol=@rootfs` (as
+//!   Debian's installer and GRUB set it up), by `subvol=` in fstab or by the default subvolume;
+//!   the kernel and initrd that GRUB reads from `/@rootfs/boot` are the restored ones too. The
+//!   replaced root is deleted once the node runs from the restored one. A root that is the top
+//!   level itself cannot be renamed: its copy is made the default subvolume instead. btrfs is
+//!   only used when `state_dir` is outside the root subvolume (its own subvolume), so a restore
+//!   does not rewind the agent's records.
 //! - `lvm-thin`: `lvcreate -s -n edgepatch-ID VG/LV` on the root LV; restore is
 //!   `lvconvert --merge`, which completes on the next activation (reboot).
 //! - `timeshift`: `timeshift --create --scripted --comments ...`; restore
@@ -79,11 +87,20 @@ impl Snapshots {
         }
     }
 
-    /// Resolve `auto` (or check an explicit choice) for this root.
-    pub fn choose(&self, configured: &str) -> R<Backend> {
+    /// Resolve `auto` (or check an explicit choice) for this root and state_dir.
+    pub fn choose(&self, configured: &str, state_dir: &Path) -> R<Backend> {
+        let apart = !same_subvolume(&self.root, state_dir);
         let b = match configured {
             "auto" => {
-                if self.root_is_btrfs_subvolume() {
+                let btrfs = self.root_is_btrfs_subvolume();
+                if btrfs && !apart {
+                    log::warn!(
+                        "root is on btrfs but state_dir {} is inside its subvolume: no btrfs \
+                         snapshots until it has its own subvolume",
+                        state_dir.display()
+                    );
+                }
+                if btrfs && apart {
                     Backend::Btrfs
                 } else if self.root_lv().is_ok() {
                     Backend::LvmThin
@@ -106,6 +123,13 @@ impl Snapshots {
                 self.root.display()
             ));
         }
+        if b == Backend::Btrfs && !apart {
+            return Err(format!(
+                "snapshot = btrfs but state_dir {} is inside the root subvolume; a restore would \
+                 rewind it: mount its own subvolume there",
+                state_dir.display()
+            ));
+        }
         Ok(b)
     }
 
@@ -117,15 +141,35 @@ impl Snapshots {
             .is_ok_and(|o| o.ok())
     }
 
-    fn btrfs_dir(&self) -> PathBuf {
+    /// The root subvolume and the snapshot directory, as the btrfs commands reach them: a scratch
+    /// root where it is; for `/`, through the top level mounted at [`TOP`] (until dropped).
+    fn view(&self) -> R<View> {
         if is_scratch(&self.root) {
-            self.root
-                .parent()
-                .unwrap_or(Path::new("/"))
-                .join(".edgepatch-snapshots")
-        } else {
-            PathBuf::from("/.snapshots")
+            let parent = self.root.parent().unwrap_or(Path::new("/"));
+            return Ok(View {
+                root: self.root.clone(),
+                dir: parent.join(".edgepatch-snapshots"),
+                top: None,
+            });
         }
+        let out = Cmd::new("findmnt")
+            .args(["-n", "-v", "-o", "SOURCE,FSROOT", "-M", "/"])
+            .run()?;
+        let (dev, fsroot) = out
+            .stdout
+            .split_once(' ')
+            .map(|(d, r)| (d.trim(), r.trim()))
+            .ok_or_else(|| format!("findmnt printed no source for /: {}", out.last_line()))?;
+        std::fs::create_dir_all(TOP).map_err(|e| format!("{TOP}: {e}"))?;
+        Cmd::new("mount")
+            .args(["-o", "subvolid=5", dev, TOP])
+            .run()?;
+        let (root, dir) = layout(Path::new(TOP), Path::new(fsroot));
+        Ok(View {
+            root,
+            dir,
+            top: Some(PathBuf::from(TOP)),
+        })
     }
 
     /// The root logical volume as `VG/LV`, if root is on a thin LV.
@@ -151,21 +195,7 @@ impl Snapshots {
         let name = format!("edgepatch-{label}");
         match backend {
             Backend::Btrfs => {
-                let dir = self.btrfs_dir();
-                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                let dest = dir.join(&name);
-                if dest.exists() {
-                    // Left over from an interrupted run with the same label: replace it.
-                    Cmd::new("btrfs")
-                        .args(["subvolume", "delete"])
-                        .arg(&dest)
-                        .run()?;
-                }
-                Cmd::new("btrfs")
-                    .args(["subvolume", "snapshot", "-r"])
-                    .arg(&self.root)
-                    .arg(&dest)
-                    .run()?;
+                take(&self.view()?, &name)?;
             }
             Backend::LvmThin => {
                 let lv = self.root_lv()?;
@@ -218,63 +248,17 @@ impl Snapshots {
         }
     }
 
-    /// Each step checks what is already done, so a restore killed half-way completes on rerun.
     fn restore_btrfs(&self, name: &str) -> R<Restored> {
-        let dir = self.btrfs_dir();
-        let snap = dir.join(name);
-        let writable = dir.join(format!("{name}.restore"));
-        if !is_scratch(&self.root) {
-            if !writable.exists() {
-                Cmd::new("btrfs")
-                    .args(["subvolume", "snapshot"])
-                    .arg(&snap)
-                    .arg(&writable)
-                    .run()?;
-            }
-            let show = Cmd::new("btrfs")
-                .args(["subvolume", "show"])
-                .arg(&writable)
-                .run()?;
-            let id = show
-                .stdout
-                .lines()
-                .find_map(|l| {
-                    l.trim()
-                        .strip_prefix("Subvolume ID:")
-                        .map(|v| v.trim().to_string())
-                })
-                .ok_or("btrfs subvolume show printed no Subvolume ID")?;
-            Cmd::new("btrfs")
-                .args(["subvolume", "set-default", &id, "/"])
-                .run()?;
-            return Ok(Restored::AfterReboot);
+        swap(&self.view()?, name)
+    }
+
+    /// After the node booted the restored root: delete the replaced one (`/` only).
+    pub fn forget_replaced(&self) -> R<()> {
+        if is_scratch(&self.root) {
+            return Ok(());
         }
-        let replaced = dir.join(format!("{name}.replaced"));
-        if !snap.exists() && !writable.exists() {
-            return Err(format!("snapshot {} is gone", snap.display()));
-        }
-        if !writable.exists() && !replaced.exists() {
-            Cmd::new("btrfs")
-                .args(["subvolume", "snapshot"])
-                .arg(&snap)
-                .arg(&writable)
-                .run()?;
-        }
-        if writable.exists() {
-            if self.root.exists() {
-                std::fs::rename(&self.root, &replaced)
-                    .map_err(|e| format!("{}: {e}", self.root.display()))?;
-            }
-            std::fs::rename(&writable, &self.root)
-                .map_err(|e| format!("{}: {e}", writable.display()))?;
-        }
-        if replaced.exists() {
-            Cmd::new("btrfs")
-                .args(["subvolume", "delete"])
-                .arg(&replaced)
-                .run()?;
-        }
-        Ok(Restored::Now)
+        forget_replaced(&self.view()?, "");
+        Ok(())
     }
 
     /// Delete a snapshot (pruning). Only btrfs snapshots are ours to delete; LVM and timeshift
@@ -285,12 +269,9 @@ impl Snapshots {
             .ok_or_else(|| format!("bad snapshot id {id:?}"))?;
         match Backend::from_name(backend) {
             Some(Backend::Btrfs) => {
-                let p = self.btrfs_dir().join(name);
+                let p = self.view()?.dir.join(name);
                 if p.exists() {
-                    Cmd::new("btrfs")
-                        .args(["subvolume", "delete"])
-                        .arg(&p)
-                        .run()?;
+                    subvolume("delete", &p)?;
                 }
                 Ok(())
             }
@@ -300,6 +281,178 @@ impl Snapshots {
                 .run()
                 .map(|_| ()),
             _ => Ok(()),
+        }
+    }
+}
+
+/// Where `/`'s btrfs top level is mounted while the agent works on snapshots of `/`.
+const TOP: &str = "/run/edgepatch/btrfs";
+
+/// The root subvolume and its snapshot directory; unmounts the top level when dropped.
+struct View {
+    root: PathBuf,
+    dir: PathBuf,
+    top: Option<PathBuf>,
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        if let Some(top) = &self.top {
+            if let Err(e) = Cmd::new("umount").arg(top).run() {
+                log::warn!("cannot unmount {}: {e}", top.display());
+            }
+        }
+    }
+}
+
+/// The root subvolume under `base` (`rel` is its path there; empty or `/`: `base` itself) and
+/// the snapshot directory beside it (inside it only when it is `base` itself).
+fn layout(base: &Path, rel: &Path) -> (PathBuf, PathBuf) {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let root = base.join(rel);
+    let dir = match root.parent() {
+        Some(p) if rel != Path::new("") => p.join(".edgepatch-snapshots"),
+        _ => root.join(".edgepatch-snapshots"),
+    };
+    (root, dir)
+}
+
+/// Are both paths in the same btrfs subvolume (or the same plain filesystem)?
+fn same_subvolume(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev(),
+        _ => false,
+    }
+}
+
+/// A read-only snapshot of the root into the snapshot directory.
+fn take(v: &View, name: &str) -> R<()> {
+    std::fs::create_dir_all(&v.dir).map_err(|e| format!("{}: {e}", v.dir.display()))?;
+    let dest = v.dir.join(name);
+    if dest.exists() {
+        // Left over from an interrupted run with the same label: replace it.
+        subvolume("delete", &dest)?;
+    }
+    Cmd::new("btrfs")
+        .args(["subvolume", "snapshot", "-r"])
+        .arg(&v.root)
+        .arg(&dest)
+        .run()
+        .map(|_| ())
+}
+
+/// Put the snapshot's writable copy in the root's place. Each step checks what is already done,
+/// so a restore killed half-way completes on rerun.
+fn swap(v: &View, name: &str) -> R<Restored> {
+    let snap = v.dir.join(name);
+    let writable = v.dir.join(format!("{name}.restore"));
+    let replaced = v.dir.join(format!("{name}.replaced"));
+    if v.top.as_ref() == Some(&v.root) {
+        // `/` is the top level itself: it cannot be renamed; boot the copy as the default.
+        if !writable.exists() {
+            snapshot(&snap, &writable)?;
+        }
+        let id = rootid(&writable)?;
+        Cmd::new("btrfs")
+            .args(["subvolume", "set-default", &id])
+            .arg(&v.root)
+            .run()?;
+        return Ok(Restored::AfterReboot);
+    }
+    if v.top.is_some() {
+        forget_replaced(v, name);
+    }
+    if !snap.exists() && !writable.exists() {
+        return Err(format!("snapshot {} is gone", snap.display()));
+    }
+    if !writable.exists() && !replaced.exists() {
+        snapshot(&snap, &writable)?;
+    }
+    if writable.exists() {
+        if v.root.exists() {
+            std::fs::rename(&v.root, &replaced)
+                .map_err(|e| format!("{}: {e}", v.root.display()))?;
+        }
+        std::fs::rename(&writable, &v.root).map_err(|e| format!("{}: {e}", writable.display()))?;
+    }
+    // A root booted as the default subvolume: the restored copy takes that place too.
+    if replaced.exists() {
+        let default = Cmd::new("btrfs")
+            .args(["subvolume", "get-default"])
+            .arg(&v.root)
+            .run()?;
+        if default_id(&default.stdout) == Some(rootid(&replaced)?) {
+            let id = rootid(&v.root)?;
+            Cmd::new("btrfs")
+                .args(["subvolume", "set-default", &id])
+                .arg(&v.root)
+                .run()?;
+        }
+    }
+    if v.top.is_some() {
+        // The replaced root is the running system until the reboot.
+        return Ok(Restored::AfterReboot);
+    }
+    if replaced.exists() {
+        subvolume("delete", &replaced)?;
+    }
+    Ok(Restored::Now)
+}
+
+fn subvolume(what: &str, p: &Path) -> R<()> {
+    Cmd::new("btrfs")
+        .args(["subvolume", what])
+        .arg(p)
+        .run()
+        .map(|_| ())
+}
+
+fn snapshot(from: &Path, to: &Path) -> R<()> {
+    Cmd::new("btrfs")
+        .args(["subvolume", "snapshot"])
+        .arg(from)
+        .arg(to)
+        .run()
+        .map(|_| ())
+}
+
+fn rootid(p: &Path) -> R<String> {
+    let out = Cmd::new("btrfs")
+        .args(["inspect-internal", "rootid"])
+        .arg(p)
+        .run()?;
+    Ok(out.stdout.trim().to_string())
+}
+
+/// `btrfs subvolume get-default`: `ID 256 gen 9 top level 5 path @rootfs`, `ID 5 (FS_TREE)`.
+fn default_id(out: &str) -> Option<String> {
+    out.strip_prefix("ID ")?
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
+
+/// Delete the roots earlier restores replaced, never the running one (deleting a mounted
+/// subvolume empties it under the running system) nor `keep`'s.
+fn forget_replaced(v: &View, keep: &str) {
+    let Ok(running) = rootid(Path::new("/")) else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(&v.dir) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        if name.strip_suffix(".replaced").is_none_or(|n| n == keep)
+            || rootid(&p).map_or(true, |id| id == running)
+        {
+            continue;
+        }
+        match subvolume("delete", &p) {
+            Ok(()) => log::info!("deleted {} (the root a restore replaced)", p.display()),
+            Err(e) => log::warn!("cannot delete {}: {e}", p.display()),
         }
     }
 }
@@ -322,5 +475,110 @@ mod tests {
         assert!(Snapshots::new(Path::new("/nonexistent"))
             .restore("bogus")
             .is_err());
+    }
+    #[test]
+    fn layout_puts_snapshots_beside_the_root_subvolume() {
+        let top = Path::new("/run/edgepatch/btrfs");
+        for (fsroot, root, dir) in [
+            (
+                "/@rootfs",
+                "/run/edgepatch/btrfs/@rootfs",
+                "/run/edgepatch/btrfs/.edgepatch-snapshots",
+            ),
+            (
+                "/@",
+                "/run/edgepatch/btrfs/@",
+                "/run/edgepatch/btrfs/.edgepatch-snapshots",
+            ),
+            (
+                "/sv/root",
+                "/run/edgepatch/btrfs/sv/root",
+                "/run/edgepatch/btrfs/sv/.edgepatch-snapshots",
+            ),
+            // `/` is the top level: the snapshots can only be inside it.
+            (
+                "/",
+                "/run/edgepatch/btrfs",
+                "/run/edgepatch/btrfs/.edgepatch-snapshots",
+            ),
+        ] {
+            assert_eq!(
+                layout(top, Path::new(fsroot)),
+                (PathBuf::from(root), PathBuf::from(dir)),
+                "{fsroot}"
+            );
+        }
+        assert_eq!(
+            default_id("ID 256 gen 9 top level 5 path @rootfs\n").as_deref(),
+            Some("256")
+        );
+        assert_eq!(default_id("ID 5 (FS_TREE)\n").as_deref(), Some("5"));
+        assert_eq!(default_id(""), None);
+    }
+
+    /// The restore of `/` on a real btrfs (a loop image, so root only): the snapshot's copy takes
+    /// the root subvolume's path, which is what `rootflags=subvol=@rootfs` and fstab's `subvol=`
+    /// name at the next boot, and its place as default subvolume; rerun, it changes nothing.
+    #[test]
+    fn swap_puts_the_snapshot_at_the_root_path_and_default() {
+        let tmp = std::env::temp_dir().join(format!("ep-swap-{}", std::process::id()));
+        let top = tmp.join("top");
+        std::fs::create_dir_all(&top).unwrap();
+        let img = tmp.join("img");
+        let sh = |c: &str| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(c)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let t = top.display();
+        if !sh(&format!(
+            "truncate -s 200M {i} && mkfs.btrfs -q {i} >/dev/null 2>&1 && mount -o loop {i} {t}",
+            i = img.display()
+        )) {
+            eprintln!("SKIP: cannot mount a loop btrfs image (needs root, loop devices, btrfs)");
+            let _ = std::fs::remove_dir_all(&tmp);
+            return;
+        }
+        let v = View {
+            root: top.join("@rootfs"),
+            dir: top.join(".edgepatch-snapshots"),
+            top: Some(top.clone()), // unmounted when v is dropped
+        };
+        let r = v.root.display();
+        assert!(sh(&format!(
+            "btrfs -q subvolume create {r} && echo 1.1 > {r}/v && \
+             btrfs subvolume set-default $(btrfs inspect-internal rootid {r}) {t}"
+        )));
+        take(&v, "edgepatch-5-1").unwrap();
+        std::fs::write(v.root.join("v"), "1.3\n").unwrap();
+        for run in 0..2 {
+            assert_eq!(
+                swap(&v, "edgepatch-5-1"),
+                Ok(Restored::AfterReboot),
+                "run {run}"
+            );
+            let read = |p: &Path| std::fs::read_to_string(p.join("v")).unwrap();
+            assert_eq!(
+                read(&v.root),
+                "1.1\n",
+                "run {run}: the pre-patch root at @rootfs"
+            );
+            assert_eq!(read(&v.dir.join("edgepatch-5-1.replaced")), "1.3\n");
+            let default = Cmd::new("btrfs")
+                .args(["subvolume", "get-default"])
+                .arg(&top)
+                .run()
+                .unwrap();
+            assert_eq!(
+                default_id(&default.stdout),
+                rootid(&v.root).ok(),
+                "run {run}"
+            );
+        }
+        assert!(!v.dir.join("edgepatch-5-1.restore").exists());
+        drop(v);
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 }
