@@ -17,7 +17,8 @@ APT_PACKAGES=(
     bsdiff
     time                  # /usr/bin/time -v for peak RSS
     gnupg                 # seed pipeline baseline (gpg --detach-sign)
-    qemu-user-static      # run aarch64/armv7 agents and their tests
+    qemu-user-static      # run aarch64/armv7 agents and their tests; its /usr/lib/binfmt.d entries
+                          # let the arm64 image run here (tests/image/build-image.sh registers them)
     gcc-aarch64-linux-gnu # C cross toolchain (only the TLS agent needs one)
     gcc-arm-linux-gnueabihf
     chromium              # center UI browser tests
