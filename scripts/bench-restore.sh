@@ -6,6 +6,8 @@
 #   - `edgepatch apply` with the preserve step (default) and without it (rollback_keep = 0),
 #   - the preserve step's time and bytes, `edgepatch rollback` wall time,
 #   - the agent's own peak RSS (VmHWM, from its -v log line) during apply (preserve) and rollback.
+# Each is run BENCH_RUNS times (default 3), interleaved; medians are printed (a shared machine's
+# noise moves single runs by more than the preserve step costs).
 #
 #   sudo bash scripts/bench-restore.sh          # root: chroot, unshare; network: Debian's archive
 #
@@ -69,42 +71,51 @@ names=$(for f in "$work"/debs/*.deb; do dpkg-deb -f "$f" Package; done | sort -u
 bytes_in=$(du -cb "$work"/debs/*.deb | tail -1 | cut -f1)
 say "$n package(s), $bytes_in bytes: $names"
 
-# --- plain apt-get install from a local repository (baseline) --------------------------------------
-unpack "$work/plain"
-mkdir -p "$work/plain/srv/repo"
-cp "$work"/debs/*.deb "$work/plain/srv/repo/"
-(cd "$work/plain/srv/repo" && dpkg-scanpackages -m . /dev/null 2>/dev/null >Packages)
-echo 'deb [trusted=yes] file:/srv/repo ./' >"$work/plain/srv/local.list"
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+RUNS=${BENCH_RUNS:-3}
 APTOPTS='-o Dir::Etc::SourceList=/srv/local.list -o Dir::Etc::SourceParts=/nonexistent -o Debug::NoLocking=1'
-inside "$work/plain" "apt-get -q $APTOPTS update" >"$work/plain.update.log" 2>&1
-# shellcheck disable=SC2086
-t_plain=$(timed "$work/plain" "$work/plain.log" \
-    "DEBIAN_FRONTEND=noninteractive apt-get -y -q $APTOPTS -o Dpkg::Options::=--force-confold install $names")
-
-# --- edgepatch apply without the preserve step --------------------------------------------------
-unpack "$work/nopreserve" 'rollback_keep = 0
+plain=() nopre=() pre=() rb=() msp=() rssa=() rssr=()
+for i in $(seq "$RUNS"); do
+    say "run $i of $RUNS"
+    # plain apt-get install from a local repository (the baseline)
+    rm -rf "$work/plain"
+    unpack "$work/plain"
+    mkdir -p "$work/plain/srv/repo"
+    cp "$work"/debs/*.deb "$work/plain/srv/repo/"
+    (cd "$work/plain/srv/repo" && dpkg-scanpackages -m . /dev/null 2>/dev/null >Packages)
+    echo 'deb [trusted=yes] file:/srv/repo ./' >"$work/plain/srv/local.list"
+    inside "$work/plain" "apt-get -q $APTOPTS update" >"$work/plain.update.log" 2>&1
+    plain+=("$(timed "$work/plain" "$work/plain.log" \
+        "DEBIAN_FRONTEND=noninteractive apt-get -y -q $APTOPTS -o Dpkg::Options::=--force-confold install $names")")
+    # edgepatch apply without the preserve step
+    rm -rf "$work/nopreserve"
+    unpack "$work/nopreserve" 'rollback_keep = 0
 '
-cp "$work/bench.epb" "$work/nopreserve/tmp/"
-t_nopre=$(timed "$work/nopreserve" "$work/nopreserve.log" "edgepatch -v apply /tmp/bench.epb")
-
-# --- edgepatch apply with it, then rollback ------------------------------------------------------
-unpack "$work/preserve"
-cp "$work/bench.epb" "$work/preserve/tmp/"
-t_pre=$(timed "$work/preserve" "$work/preserve.log" "edgepatch -v apply /tmp/bench.epb")
-ms_preserve=$(sed -n 's/.*preserve \([0-9]*\) ms.*/\1/p' "$work/preserve.log" | tail -1)
-rss_apply=$(sed -n 's/.*agent peak RSS \([0-9]*\) kB.*/\1/p' "$work/preserve.log" | tail -1)
-pool=$work/preserve/var/lib/edgepatch/rollback/pool
-n_pool=$(find "$pool" -name '*.deb' | wc -l)
-bytes_pool=$(du -cb "$pool"/*.deb | tail -1 | cut -f1)
-t_rb=$(timed "$work/preserve" "$work/rollback.log" "edgepatch -v rollback")
-rss_rb=$(sed -n 's/.*agent peak RSS \([0-9]*\) kB.*/\1/p' "$work/rollback.log" | tail -1)
-back=$(dpkg-query --admindir="$work/preserve/var/lib/dpkg" -W -f '${Package} ${Version}\n' | sort | md5sum)
-orig=$(dpkg-query --admindir="$work/base/var/lib/dpkg" -W -f '${Package} ${Version}\n' | sort | md5sum)
-[ "$back" = "$orig" ] || { say "rollback did not bring back the image's versions"; exit 1; }
+    cp "$work/bench.epb" "$work/nopreserve/tmp/"
+    nopre+=("$(timed "$work/nopreserve" "$work/nopreserve.log" "edgepatch -v apply /tmp/bench.epb")")
+    # edgepatch apply with it, then rollback
+    rm -rf "$work/preserve"
+    unpack "$work/preserve"
+    cp "$work/bench.epb" "$work/preserve/tmp/"
+    pre+=("$(timed "$work/preserve" "$work/preserve.log" "edgepatch -v apply /tmp/bench.epb")")
+    msp+=("$(sed -n 's/.*preserve \([0-9]*\) ms.*/\1/p' "$work/preserve.log" | tail -1)")
+    rssa+=("$(sed -n 's/.*agent peak RSS \([0-9]*\) kB.*/\1/p' "$work/preserve.log" | tail -1)")
+    pool=$work/preserve/var/lib/edgepatch/rollback/pool
+    n_pool=$(find "$pool" -name '*.deb' | wc -l)
+    bytes_pool=$(du -cb "$pool"/*.deb | tail -1 | cut -f1)
+    rb+=("$(timed "$work/preserve" "$work/rollback.log" "edgepatch -v rollback")")
+    rssr+=("$(sed -n 's/.*agent peak RSS \([0-9]*\) kB.*/\1/p' "$work/rollback.log" | tail -1)")
+    back=$(dpkg-query --admindir="$work/preserve/var/lib/dpkg" -W -f '${Package} ${Version}\n' | sort | md5sum)
+    orig=$(dpkg-query --admindir="$work/base/var/lib/dpkg" -W -f '${Package} ${Version}\n' | sort | md5sum)
+    [ "$back" = "$orig" ] || { say "rollback did not bring back the image's versions"; exit 1; }
+done
+t_plain=$(median "${plain[@]}") t_nopre=$(median "${nopre[@]}") t_pre=$(median "${pre[@]}")
+t_rb=$(median "${rb[@]}") ms_preserve=$(median "${msp[@]}")
+rss_apply=$(printf '%s\n' "${rssa[@]}" | sort -n | tail -1) rss_rb=$(printf '%s\n' "${rssr[@]}" | sort -n | tail -1)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "issue 15 numbers: real Debian 12 minbase image, its $n pending updates ($bytes_in bytes)"
+echo "issue 15 numbers: real Debian 12 minbase image, its $n pending updates ($bytes_in bytes); medians of $RUNS runs, peak RSS the largest"
 printf '  %-44s %8s s\n' "plain apt-get install (local repo)" "$t_plain"
 printf '  %-44s %8s s  %sx plain apt-get\n' "edgepatch apply, no preserve (keep = 0)" "$t_nopre" "$(ratio "$t_nopre" "$t_plain")"
 printf '  %-44s %8s s  %sx plain apt-get, %sx no preserve\n' "edgepatch apply, with preserve" "$t_pre" \
