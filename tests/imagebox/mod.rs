@@ -262,3 +262,93 @@ impl Image {
         assert!(paused, "edgepatch {args} never reached {point}");
     }
 }
+
+/// The cases both architectures run (tests/restore_image.rs, tests/restore_image_arm64.rs).
+pub mod cases {
+    use super::*;
+
+    /// apply, then rollback: the image's exact versions and the admin's conffile come back.
+    pub fn apply_then_rollback(img: &Image) {
+        let conf = img.edit_conffile();
+        let before = img.versions();
+        assert!(before.iter().all(|v| v.ends_with(" ii")), "{before:?}");
+        let debs: Vec<PathBuf> = PKGS.iter().map(|p| img.bump(p, 1, false)).collect();
+        // hostname is Architecture: <image arch>; the bundle carries that build.
+        let arch = img.variant.rsplit('-').next().unwrap();
+        assert!(
+            debs[0].to_string_lossy().ends_with(&format!("_{arch}.deb")),
+            "{debs:?}"
+        );
+        let c1 = img.bundle("c1", 1, &debs);
+
+        let r = img.agent(&format!("apply {c1}")).expect(0);
+        assert!(r.stdout.contains("2 package(s) changed"), "{}", r.stdout);
+        assert!(img.version("hostname").contains("+ep1 ii"));
+        assert!(img.version("libsemanage-common").contains("+ep1 ii"));
+        assert_eq!(img.conffile(), conf, "apply kept the admin's conffile");
+        let st = img.agent("status --json").expect(0).stdout;
+        assert!(
+            st.contains(&format!("\"variant\":\"{}\"", img.variant)),
+            "{st}"
+        );
+        assert!(
+            st.contains("\"next_rollback\":{\"cycle\":\"c1\",\"packages\":2"),
+            "{st}"
+        );
+
+        let r = img.agent("rollback").expect(0);
+        assert!(r.stdout.contains("cycle c1 rolled back"), "{}", r.stdout);
+        assert_eq!(img.versions(), before);
+        assert_eq!(img.conffile(), conf, "rollback kept the admin's conffile");
+        img.audit_clean();
+        let st = img.agent("status --json").expect(0).stdout;
+        assert!(st.contains("\"next_rollback\":null"), "{st}");
+        assert!(st.contains("\"needs_attention\":null"), "{st}");
+    }
+
+    /// A failing postinst in the first cycle after imaging leaves every package at the image's versions.
+    pub fn failing_postinst(img: &Image) {
+        let before = img.versions();
+        let debs = vec![
+            img.bump("libsemanage-common", 1, false),
+            img.bump("hostname", 1, true),
+        ];
+        let c1 = img.bundle("c1", 1, &debs);
+        let r = img.agent(&format!("apply {c1}")).expect(6);
+        assert!(r.stderr.contains("install failed"), "{}", r.stderr);
+        assert!(!r.stderr.contains("restore incomplete"), "{}", r.stderr);
+        assert_eq!(img.versions(), before);
+        img.audit_clean();
+        let st = img.agent("status").expect(0).stdout;
+        assert!(!st.contains("ATTENTION"), "{st}");
+    }
+
+    /// Two cycles, then two rollbacks step back to c1's and then the image's versions.
+    pub fn two_cycles_two_rollbacks(img: &Image) {
+        let image_versions = img.versions();
+        let conf = img.edit_conffile();
+        let one: Vec<PathBuf> = PKGS.iter().map(|p| img.bump(p, 1, false)).collect();
+        let c1 = img.bundle("c1", 1, &one);
+        img.agent(&format!("apply {c1}")).expect(0);
+        let c1_versions = img.versions();
+        assert_ne!(c1_versions, image_versions);
+        // Cycle 2 carries hostname again, newer (bumped from the c1 build now installed).
+        let c2 = img.bundle("c2", 2, &[img.bump("hostname", 2, false)]);
+        img.agent(&format!("apply {c2}")).expect(0);
+        assert!(img.version("hostname").contains("+ep1+ep2 ii"));
+
+        let r = img.agent("rollback").expect(0);
+        assert!(r.stdout.contains("cycle c2 rolled back"), "{}", r.stdout);
+        assert_eq!(img.versions(), c1_versions);
+        let st = img.agent("status --json").expect(0).stdout;
+        assert!(st.contains("\"installed_cycle\":\"c1\""), "{st}");
+
+        let r = img.agent("rollback").expect(0);
+        assert!(r.stdout.contains("cycle c1 rolled back"), "{}", r.stdout);
+        assert_eq!(img.versions(), image_versions);
+        assert_eq!(img.conffile(), conf);
+        img.audit_clean();
+        let st = img.agent("status --json").expect(0).stdout;
+        assert!(!st.contains("installed_cycle\":\"c"), "{st}");
+    }
+}
