@@ -244,3 +244,87 @@ fn a_pre_depends_pinned_to_the_exact_version_is_restored_in_a_second_pass() {
     assert!(img.version("kiosk-mod").starts_with("1.0 ii"));
     img.audit_clean();
 }
+
+/// What a rollback must not lose or trust blindly: a package the cycle installed whose conffile
+/// the admin then edited is removed but keeps that file (not purged, and the message says so);
+/// the `.dpkg-dist` an upgrade left beside an admin-edited conffile goes with the upgrade; and a
+/// preserved copy whose bytes changed since it was written is not installed (exit 6, named).
+#[test]
+fn rollback_keeps_admin_edits_removes_dpkg_dist_and_refuses_a_changed_copy() {
+    let Some(img) = image("restore-image-edits") else {
+        return;
+    };
+    let image_state = img.versions();
+    let conf = img.edit_conffile();
+    let debs = img.dir.join("kiosk");
+    let kiosk = Deb::new("kiosk-conf", "1.0")
+        .conffile("/etc/kiosk.conf", "url=http://localhost/\n")
+        .build(&debs);
+    let semanage = img.bump_tree("libsemanage-common", 1, false, |tree| {
+        let p = tree.join(CONF);
+        let text = std::fs::read_to_string(&p).unwrap() + "# new default of +ep1\n";
+        std::fs::write(p, text).unwrap();
+    });
+    let c1 = img.bundle_with("c1", 1, &[semanage, kiosk], &["--install", "kiosk-conf"]);
+    img.agent(&format!("apply {c1}")).expect(0);
+    let dist = img.root.join(format!("{CONF}.dpkg-dist"));
+    assert!(
+        dist.exists(),
+        "dpkg kept the admin's file and left the new default beside it"
+    );
+    assert_eq!(img.conffile(), conf);
+    let kiosk_conf = img.root.join("etc/kiosk.conf");
+    std::fs::write(&kiosk_conf, "url=http://till-7.local/\n").unwrap();
+
+    let r = img.agent("rollback").expect(0);
+    assert!(
+        r.stdout.contains("kept the admin's /etc/kiosk.conf"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(&format!("deleted /{CONF}.dpkg-dist")),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(img.versions(), image_state);
+    assert!(
+        img.version("kiosk-conf").ends_with(" rc"),
+        "{}",
+        img.version("kiosk-conf")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&kiosk_conf).unwrap(),
+        "url=http://till-7.local/\n"
+    );
+    assert!(!dist.exists());
+    assert_eq!(img.conffile(), conf);
+    img.audit_clean();
+
+    // A copy in the rollback pool swapped for other bytes with the same name is not installed.
+    let c2 = img.bundle("c2", 2, &[img.bump("hostname", 2, false)]);
+    img.agent(&format!("apply {c2}")).expect(0);
+    let pool = img.root.join("var/lib/edgepatch/rollback/pool");
+    let copy = std::fs::read_dir(&pool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("hostname_")
+        })
+        .expect("hostname preserved");
+    std::fs::copy(img.dir.join("kiosk/kiosk-conf_1.0_all.deb"), &copy).unwrap();
+    let r = img.agent("rollback").expect(6);
+    let all = r.stdout.clone() + &r.stderr;
+    assert!(all.contains("restore incomplete: hostname"), "{all}");
+    assert!(all.contains("changed since it was preserved"), "{all}");
+    assert!(
+        img.version("hostname").contains("+ep2 ii"),
+        "{}",
+        img.version("hostname")
+    );
+    assert!(img.version("kiosk-conf").ends_with(" rc"));
+    img.audit_clean();
+}

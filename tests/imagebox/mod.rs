@@ -152,6 +152,17 @@ impl Image {
 
     /// A newer build of an image package: the installed one repacked, Version + "+epN".
     pub fn bump(&self, pkg: &str, n: u32, failing_postinst: bool) -> PathBuf {
+        self.bump_tree(pkg, n, failing_postinst, |_| {})
+    }
+
+    /// [`Image::bump`], with `edit` changing the unpacked package tree before it is rebuilt.
+    pub fn bump_tree(
+        &self,
+        pkg: &str,
+        n: u32,
+        failing_postinst: bool,
+        edit: impl Fn(&Path),
+    ) -> PathBuf {
         let out = self.dir.join(format!("debs-{pkg}-{n}"));
         std::fs::create_dir_all(&out).unwrap();
         let r = edgepatch::node::preserve::repack_deb(&self.root, pkg, None, &out)
@@ -174,6 +185,7 @@ impl Image {
             .unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
+        edit(&tree);
         let deb = self
             .dir
             .join(format!("{pkg}_{}+ep{n}_{}.deb", r.version, r.arch));

@@ -180,6 +180,8 @@ pub struct Deb<'a> {
     pub control: &'a str,
     /// (absolute path inside the root, contents)
     pub files: Vec<(String, String)>,
+    /// Paths of `files` that are conffiles (DEBIAN/conffiles).
+    pub conffiles: Vec<String>,
 }
 
 impl<'a> Deb<'a> {
@@ -194,7 +196,15 @@ impl<'a> Deb<'a> {
                 format!("/usr/share/edgepatch-test/{name}"),
                 format!("{name} {version}\n"),
             )],
+            conffiles: Vec::new(),
         }
+    }
+
+    /// Ship `path` with `contents` as a conffile.
+    pub fn conffile(mut self, path: &str, contents: &str) -> Self {
+        self.files.push((path.to_string(), contents.to_string()));
+        self.conffiles.push(path.to_string());
+        self
     }
 
     pub fn depends(mut self, d: &'a str) -> Self {
@@ -231,6 +241,10 @@ impl<'a> Deb<'a> {
             let p = work.join("DEBIAN/postinst");
             std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        if !self.conffiles.is_empty() {
+            let list: String = self.conffiles.iter().map(|c| format!("{c}\n")).collect();
+            std::fs::write(work.join("DEBIAN/conffiles"), list).unwrap();
         }
         for (path, contents) in &self.files {
             let p = work.join(path.trim_start_matches('/'));

@@ -66,6 +66,7 @@ pub fn restore_packages(
     let caches = [store::cache_current(sd), store::cache_previous(sd)];
     let (mut files, mut remove, mut restored) = (Vec::new(), Vec::new(), Vec::new());
     let mut from_set = Vec::new();
+    let mut damaged = Vec::new();
     for ((name, before), after) in pre.iter().zip(now) {
         if *before == after {
             continue;
@@ -73,18 +74,25 @@ pub fn restore_packages(
         match before {
             None => remove.push(name.clone()),
             Some(v) => {
-                let found = set
-                    .and_then(|s| sets::file_for(sd, s, name, v))
-                    .or_else(|| {
-                        caches.iter().find_map(|c| {
-                            let p = pm
-                                .repo_packages(c)
-                                .ok()?
-                                .into_iter()
-                                .find(|p| p.name == *name && p.version == *v)?;
-                            Some(c.join(p.file))
-                        })
-                    });
+                let in_set = match set.map(|s| sets::file_for(sd, s, name, v)) {
+                    Some(Err(why)) => {
+                        log::warn!("{name}: {why}");
+                        damaged.push(why);
+                        None
+                    }
+                    Some(Ok(f)) => f,
+                    None => None,
+                };
+                let found = in_set.or_else(|| {
+                    caches.iter().find_map(|c| {
+                        let p = pm
+                            .repo_packages(c)
+                            .ok()?
+                            .into_iter()
+                            .find(|p| p.name == *name && p.version == *v)?;
+                        Some(c.join(p.file))
+                    })
+                });
                 if let Some(f) = found {
                     files.push(f);
                     restored.push(format!("{name}={v}"));
@@ -93,6 +101,7 @@ pub fn restore_packages(
             }
         }
     }
+    let kept = pm.edited_config(&remove);
     let mut done = pm.restore(&files, &remove);
     // dpkg installs in command-line order and refuses a package whose Pre-Depends pins an exact
     // version of another one not yet put back (libpam-modules on libpam-modules-bin): go again
@@ -117,12 +126,15 @@ pub fn restore_packages(
         left = retry.len();
         done = pm.restore(&retry, &[]);
     }
-    // dpkg's conffile records of the packages put back from the set (Debian family).
+    // dpkg's conffile records of the packages put back from the set (Debian family), and the
+    // undone versions' .dpkg-dist files.
+    let mut dist_removed = Vec::new();
     if let (Some(set), "apt") = (set, pm.name()) {
         if let Ok(now) = pm.installed(&names) {
             for ((name, want), have) in pre.iter().zip(now) {
                 if *want == have && from_set.contains(name) {
                     sets::restore_conffile_records(&ctx.config.root, set, name);
+                    dist_removed.extend(sets::remove_new_dist_files(&ctx.config.root, set, name));
                 }
             }
         }
@@ -132,6 +144,9 @@ pub fn restore_packages(
     let attention = attention_path(sd);
     if !bad.is_empty() {
         let mut msg = format!("restore incomplete: {}", bad.join(", "));
+        for why in &damaged {
+            msg += &format!("; {why}");
+        }
         if let Err(e) = done {
             msg += &format!("; {e}");
         }
@@ -145,6 +160,15 @@ pub fn restore_packages(
     }
     if !remove.is_empty() {
         parts.push(format!("removed {}", remove.join(" ")));
+    }
+    for (name, paths) in &kept {
+        parts.push(format!(
+            "kept the admin's {} ({name} removed, not purged; `dpkg --purge {name}` drops it)",
+            paths.join(" ")
+        ));
+    }
+    if !dist_removed.is_empty() {
+        parts.push(format!("deleted {}", dist_removed.join(" ")));
     }
     if parts.is_empty() {
         return "nothing needed restoring".to_string();

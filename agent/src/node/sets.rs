@@ -1,7 +1,8 @@
 //! Rollback sets (Debian family): before an install changes anything, every installed package it
 //! will upgrade, downgrade or remove is repacked (`preserve`) into `state_dir/rollback/pool/`, and
 //! `state_dir/rollback/SEQ-CYCLE.set` records the cycle, the pre-patch versions, the preserved
-//! files and the packages it newly installs. One set per applied cycle, `rollback_keep` kept;
+//! files (`name=version=file=sha256`: a copy that changed since is not installed) and the
+//! packages it newly installs. One set per applied cycle, `rollback_keep` kept;
 //! `rollback` steps back through them newest first.
 
 use crate::node::ctx::Ctx;
@@ -52,7 +53,7 @@ pub fn preserve(
     }
     let (mut versions, mut files, mut new, mut bytes): (Versions, Vec<String>, Vec<&str>, u64) =
         (Vec::new(), Vec::new(), Vec::new(), 0);
-    let mut conffiles = Vec::new();
+    let (mut conffiles, mut dist_before) = (Vec::new(), Vec::new());
     for c in changes {
         let Some(old) = &c.old else {
             new.push(&c.name);
@@ -74,9 +75,18 @@ pub fn preserve(
             crate::support::testhook::pause_point("preserved-one");
         }
         let file = r.path.file_name().unwrap_or_default().to_string_lossy();
-        files.push(format!("{name}={old}={file}"));
+        // The sha256 of the copy as it is now (also when reused): restore installs only these bytes.
+        let sum = crate::node::rebuild::file_sha256(&r.path)
+            .map_err(|e| Error::io(Exit::InstallFailed, &r.path, e))?;
+        files.push(format!(
+            "{name}={old}={file}={}",
+            crate::node::preserve::hex(&sum)
+        ));
         for (path, md5) in &r.conffiles {
             conffiles.push(format!("{name} {} {path} {md5}", r.arch));
+            if dist_file(&ctx.config.root, path).is_some_and(|p| p.exists()) {
+                dist_before.push(path.clone());
+            }
         }
         bytes += r.bytes;
         versions.push((name.to_string(), Some(old.clone())));
@@ -98,6 +108,7 @@ pub fn preserve(
         .set("files", files.join(","))
         .set("new", new.join(","))
         .set("conffiles", conffiles.join("\t"))
+        .set("dist_before", dist_before.join("\t"))
         .set("bytes", bytes);
     r.save(&path)
         .map_err(|e| Error::io(Exit::InstallFailed, &path, e))?;
@@ -132,12 +143,50 @@ pub fn next(sd: &Path) -> Option<(PathBuf, Record)> {
     list(sd).into_iter().rev().find(|(_, r)| live(r))
 }
 
-/// The preserved file of `name` at `version` in `set`.
-pub fn file_for(sd: &Path, set: &Record, name: &str, version: &str) -> Option<PathBuf> {
-    set.get("files")?.split(',').find_map(|f| {
-        let mut p = f.splitn(3, '=');
-        (p.next()? == name && p.next()? == version).then(|| pool(sd).join(p.next().unwrap_or("")))
+/// One preserved file of a set: `name=version=file=sha256` (sets written before the sha256
+/// was recorded have three fields).
+struct PoolEntry<'a> {
+    name: &'a str,
+    version: &'a str,
+    file: &'a str,
+    sha256: Option<&'a str>,
+}
+
+fn entries(set: &Record) -> impl Iterator<Item = PoolEntry<'_>> {
+    set.get("files").unwrap_or("").split(',').filter_map(|f| {
+        let mut p = f.splitn(4, '=');
+        Some(PoolEntry {
+            name: p.next()?,
+            version: p.next()?,
+            file: p.next().filter(|f| !f.is_empty())?,
+            sha256: p.next(),
+        })
     })
+}
+
+/// The preserved file of `name` at `version` in `set`: Ok(None) when the set has none, Err
+/// naming the file when it is missing or its bytes are not the ones preserved (never installed).
+pub fn file_for(
+    sd: &Path,
+    set: &Record,
+    name: &str,
+    version: &str,
+) -> std::result::Result<Option<PathBuf>, String> {
+    let Some(e) = entries(set).find(|e| e.name == name && e.version == version) else {
+        return Ok(None);
+    };
+    let path = pool(sd).join(e.file);
+    let Some(want) = e.sha256 else {
+        return Ok(Some(path));
+    };
+    match crate::node::rebuild::file_sha256(&path) {
+        Ok(sum) if crate::node::preserve::hex(&sum) == want => Ok(Some(path)),
+        Ok(_) => Err(format!(
+            "rollback copy {} changed since it was preserved (sha256 mismatch), not installed",
+            path.display()
+        )),
+        Err(err) => Err(format!("rollback copy {}: {err}", path.display())),
+    }
 }
 
 /// After `name` was put back from `set`'s repacked file: write its pre-patch conffile md5s back
@@ -161,6 +210,35 @@ pub fn restore_conffile_records(root: &Path, set: &Record, name: &str) {
     }
 }
 
+/// Where dpkg leaves a new version's conffile when it keeps the admin's (`--force-confold`).
+fn dist_file(root: &Path, conffile: &str) -> Option<PathBuf> {
+    crate::node::preserve::db::resolve(root, &format!("{conffile}.dpkg-dist"), false).ok()
+}
+
+/// After `name` was put back from `set`: remove the `.dpkg-dist` files the undone version left
+/// beside conffiles the admin had edited (its default text, no longer anyone's), but none that
+/// was there before the cycle. Returns the paths removed.
+pub fn remove_new_dist_files(root: &Path, set: &Record, name: &str) -> Vec<String> {
+    let before: Vec<&str> = set.get("dist_before").unwrap_or("").split('\t').collect();
+    let mut removed = Vec::new();
+    for item in set.get("conffiles").unwrap_or("").split('\t') {
+        let w: Vec<&str> = item.split(' ').collect();
+        let [n, _, path, _] = w.as_slice() else {
+            continue;
+        };
+        if *n != name || before.contains(path) {
+            continue;
+        }
+        let Some(dist) = dist_file(root, path) else {
+            continue;
+        };
+        if dist.is_file() && std::fs::remove_file(&dist).is_ok() {
+            removed.push(format!("{path}.dpkg-dist"));
+        }
+    }
+    removed
+}
+
 /// Pre-patch versions recorded in a set.
 pub fn pre(set: &Record) -> Versions {
     decode_versions(set.get("pre").unwrap_or(""))
@@ -181,9 +259,7 @@ pub fn prune(sd: &Path, keep: usize) {
             let _ = std::fs::remove_file(p);
             continue;
         }
-        for f in r.get("files").unwrap_or("").split(',') {
-            named.extend(f.rsplit('=').next().map(str::to_string));
-        }
+        named.extend(entries(r).map(|e| e.file.to_string()));
     }
     for e in std::fs::read_dir(pool(sd)).into_iter().flatten().flatten() {
         if !named.iter().any(|n| *n == *e.file_name().to_string_lossy()) {

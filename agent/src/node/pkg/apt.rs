@@ -263,11 +263,22 @@ impl PackageManager for Apt {
         // Packages the patch added go first: one that Conflicts/Replaces a package the patch
         // removed would stop dpkg from putting that one back. Their dependents are about to be
         // downgraded to versions that never needed them, hence --force-depends.
-        if !remove.is_empty() {
-            self.dpkg()
-                .args(["--force-depends", "--purge"])
-                .args(remove)
-                .run()?;
+        // A package whose conffiles the admin edited is removed, not purged: its configuration
+        // stays (dpkg state config-files), as `apt-get remove` would leave it.
+        let edited: Vec<String> = self
+            .edited_config(remove)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let (keep, purge): (Vec<&String>, Vec<&String>) =
+            remove.iter().partition(|n| edited.contains(n));
+        for (how, names) in [("--purge", purge), ("--remove", keep)] {
+            if !names.is_empty() {
+                self.dpkg()
+                    .args(["--force-depends", how])
+                    .args(names)
+                    .run()?;
+            }
         }
         crate::support::testhook::pause_point("restore-purged");
         // A failed postinst leaves the new version half-configured; installing the old .deb over
@@ -276,6 +287,19 @@ impl PackageManager for Apt {
             self.dpkg().arg("--install").args(files).run()?;
         }
         self.repair()
+    }
+
+    fn edited_config(&self, names: &[String]) -> Vec<(String, Vec<String>)> {
+        names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    crate::node::preserve::db::edited_conffiles(&self.root, n),
+                )
+            })
+            .filter(|(_, paths)| !paths.is_empty())
+            .collect()
     }
 
     fn audit(&self) -> R<()> {

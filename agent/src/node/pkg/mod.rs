@@ -50,6 +50,11 @@ pub trait PackageManager {
     fn repair(&self) -> std::result::Result<(), String>;
     /// Put back the given package files (older versions) and remove packages the patch added.
     fn restore(&self, files: &[PathBuf], remove: &[String]) -> std::result::Result<(), String>;
+    /// Of the installed packages `names`, those with configuration the admin changed, and the
+    /// changed paths: `restore` removes them keeping that configuration instead of purging.
+    fn edited_config(&self, _names: &[String]) -> Vec<(String, Vec<String>)> {
+        Vec::new()
+    }
     /// No package half-installed or half-configured.
     fn audit(&self) -> std::result::Result<(), String>;
 }

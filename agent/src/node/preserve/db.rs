@@ -203,6 +203,39 @@ pub fn conffiles(s: &Stanza) -> Vec<(String, String, String)> {
     v
 }
 
+/// The conffiles of installed `name` whose text on disk is not what the package shipped (the
+/// admin edited them): purging the package would delete that work.
+pub fn edited_conffiles(root: &Path, name: &str) -> Vec<String> {
+    let Ok(s) = find(root, name, None) else {
+        return Vec::new();
+    };
+    conffiles(&s)
+        .into_iter()
+        .filter(|(_, _, flag)| flag.is_empty())
+        .filter(|(path, sum, _)| {
+            let Ok(p) = resolve(root, path, true) else {
+                return false;
+            };
+            file_md5(&p).is_ok_and(|got| got != *sum)
+        })
+        .map(|(path, _, _)| path)
+        .collect()
+}
+
+fn file_md5(path: &Path) -> std::io::Result<String> {
+    use md5::Digest;
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut h = md5::Md5::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match f.read(&mut buf)? {
+            0 => return Ok(super::hex(&h.finalize())),
+            n => h.update(&buf[..n]),
+        }
+    }
+}
+
 /// Put recorded conffile md5s back into `name`'s Conffiles field in the status file.
 ///
 /// Installing a repacked package records the admin's edited text as what the package shipped,
