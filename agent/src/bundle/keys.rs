@@ -161,7 +161,7 @@ pub fn load_trusted(path: &std::path::Path) -> Result<Vec<TrustedKey>, String> {
             .filter_map(|d| d.ok().map(|d| d.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "pub"))
             .collect();
-        v.sort();
+        v.sort_unstable();
         v
     } else {
         vec![path.to_path_buf()]

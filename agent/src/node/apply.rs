@@ -262,7 +262,7 @@ pub fn install_and_commit(
     let fail = |m: String| Error::new(Exit::InstallFailed, m);
     let offered = pm.repo_packages(staging).map_err(fail)?;
     let mut names: Vec<String> = offered.iter().map(|p| p.name.clone()).collect();
-    names.sort();
+    names.sort_unstable();
     names.dedup();
     for want in &manifest.install {
         if !names.contains(want) {

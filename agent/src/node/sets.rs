@@ -130,7 +130,7 @@ pub fn list(sd: &Path) -> Vec<(PathBuf, Record)> {
             Some((p, r))
         })
         .collect();
-    v.sort_by_key(|(_, r)| r.num("sequence").unwrap_or(0));
+    v.sort_unstable_by_key(|(p, r)| (r.num("sequence").unwrap_or(0), p.clone()));
     v
 }
 

@@ -289,7 +289,10 @@ fn rejected_reports(state_dir: &Path) -> Vec<(String, String)> {
         })
         .collect();
     // Names start with the spool sequence number: oldest first.
-    out.sort_by_key(|(n, _)| n.split('-').next().and_then(|s| s.parse::<u64>().ok()));
+    out.sort_unstable_by_key(|(n, _)| {
+        let seq = n.split('-').next().and_then(|s| s.parse::<u64>().ok());
+        (seq, n.clone())
+    });
     out
 }
 

@@ -138,7 +138,7 @@ fn list_quarantine_in(qdir: &Path) -> Vec<String> {
         })
         .unwrap_or_default();
     // Names start with the unix time, so a numeric sort is oldest first.
-    names.sort_by_key(|n| {
+    names.sort_unstable_by_key(|n| {
         (
             n.split('-')
                 .next()

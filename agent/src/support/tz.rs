@@ -429,7 +429,7 @@ impl Posix {
         }
         let y = year_of(t);
         let mut all: Vec<(i64, i32)> = (y - 1..=y + 1).flat_map(|y| self.transitions(y)).collect();
-        all.sort_by_key(|&(at, _)| at);
+        all.sort_unstable();
         all.iter()
             .take_while(|&&(at, _)| at <= t)
             .last()

@@ -74,7 +74,7 @@ pub fn scan(ctx: &Ctx, dir: &Path, info: &mut RunInfo) -> Result<String> {
         .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
         .filter(|(n, _)| is_candidate(n))
         .collect();
-    names.sort();
+    names.sort_unstable();
 
     let mut skipped: Vec<String> = Vec::new();
     let mut bad: Vec<Error> = Vec::new();
@@ -105,7 +105,7 @@ pub fn scan(ctx: &Ctx, dir: &Path, info: &mut RunInfo) -> Result<String> {
         due.push((head.manifest.sequence, name, path, head.manifest_sha256));
     }
     // Newest first; a copy that fails verification falls back to the next one.
-    due.sort_by_key(|d| std::cmp::Reverse(d.0));
+    due.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
 
     let mut done = String::from("no due bundle");
     let incoming = store::incoming_dir(sd);

@@ -74,7 +74,7 @@ impl PackageManager for Dnf {
             .filter_map(|d| d.ok().map(|d| d.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "rpm"))
             .collect();
-        files.sort();
+        files.sort_unstable();
         if files.is_empty() {
             return Ok(Vec::new());
         }

@@ -149,7 +149,7 @@ fn entries(dir: &Path) -> io::Result<Vec<Entry>> {
             });
         }
     }
-    out.sort_by_key(|e| e.seq);
+    out.sort_unstable_by(|a, b| a.seq.cmp(&b.seq).then_with(|| a.path.cmp(&b.path)));
     Ok(out)
 }
 
