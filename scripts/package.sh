@@ -113,7 +113,7 @@ echo "$DEB"
 
 # --- .rpm ---------------------------------------------------------------------------------------
 R=$WORK/rpmroot
-stage "$R" /usr/lib/systemd/system /usr/lib/udev/rules.d "rpm-$RPMARCH"
+stage "$R" /usr/lib/systemd/system /usr/lib/udev/rules.d "rhel-9-$RPMARCH"
 install -m 0644 dist/deb/copyright "$R/usr/share/doc/edgepatch/copyright"
 rpmbuild -bb --quiet --target "$RPMARCH-linux" \
     --define "_topdir $WORK/rpmbuild" --define "staging $R" \

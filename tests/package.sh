@@ -39,6 +39,7 @@ fi
 want="/usr/sbin/edgepatch /etc/edgepatch/agent.conf /var/lib/edgepatch
 /usr/lib/systemd/system/edgepatch.service /usr/lib/systemd/system/edgepatch.timer
 /usr/lib/systemd/system/edgepatch-recover.service /usr/lib/udev/rules.d/90-edgepatch-usb.rules
+/usr/lib/systemd/system-preset/80-edgepatch.preset
 /usr/share/doc/edgepatch/examples/edgepatch.cron /usr/share/man/man8/edgepatch.8.gz"
 list=$(rpm -qlp "$RPM" 2>/dev/null)
 missing=$(for f in $want; do grep -qx "$f" <<<"$list" || echo "$f"; done)
@@ -83,6 +84,15 @@ elif [ ! -L "$W/root/etc/systemd/system/timers.target.wants/edgepatch.timer" ]; 
     bad install "edgepatch.timer not enabled"
 else
     ok "install ($v; timer and recovery unit enabled)"
+fi
+# `dpkg -r` masks the units; installing again must unmask and enable them.
+if ! out=$(chroot "$W/root" sh -c "dpkg -r edgepatch && dpkg -i /tmp/$(basename "$DEB")" 2>&1); then
+    bad reinstall "$(tail -n 3 <<<"$out" | tr '\n' ' ')"
+elif [ -L "$W/root/etc/systemd/system/edgepatch.timer" ] ||
+    [ ! -L "$W/root/etc/systemd/system/timers.target.wants/edgepatch.timer" ]; then
+    bad reinstall "after dpkg -r and dpkg -i the timer is masked or not enabled"
+else
+    ok "remove, then install again (units unmasked and enabled)"
 fi
 echo 'node_id = "edited"' >>"$W/root/etc/edgepatch/agent.conf"
 touch "$W/root/var/lib/edgepatch/status.json"

@@ -388,3 +388,64 @@ fn btrfs_snapshot_restores_the_old_root() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// A cycle that changes no package still counts: rolling it back refuses it (it does not come
+/// back on the next run) and leaves the packages alone; the next rollback undoes the cycle
+/// before it.
+#[test]
+fn rolling_back_a_cycle_that_changed_nothing_refuses_it_not_the_one_before() {
+    let f = fleet("rb-noop");
+    let node = f.node_at(&f.dir.join("n"), "");
+    let c1 = f.c1();
+    let c2 = f.debs("c2", 2, &[Deb::new("ep-app", "1.1")], &[]);
+    let c3 = f.debs("c3", 3, &[Deb::new("ep-app", "1.1")], &[]);
+    apply(&node, &c1).expect(0);
+    apply(&node, &c2).expect(0);
+    let r = apply(&node, &c3).expect(0);
+    assert!(r.stdout.contains("0 package(s) changed"), "{}", r.stdout);
+
+    let r = node.agent(&["rollback"]).expect(0);
+    assert!(r.stdout.contains("cycle c3 rolled back"), "{}", r.stdout);
+    assert_eq!(app_version(&node).as_deref(), Some("1.1 ii"));
+    apply(&node, &c3).expect(4);
+    assert_eq!(app_version(&node).as_deref(), Some("1.1 ii"));
+
+    let r = node.agent(&["rollback"]).expect(0);
+    assert!(r.stdout.contains("cycle c2 rolled back"), "{}", r.stdout);
+    assert_eq!(app_version(&node).as_deref(), Some("1.0 ii"));
+}
+
+/// A bundle whose install fails (the node restored each time) is tried INSTALL_ATTEMPTS (3)
+/// times, then refused: the timer's run stops failing on it, and a fixed cycle still installs.
+#[test]
+fn a_cycle_that_fails_to_install_three_times_is_refused() {
+    let f = fleet("rb-fail3");
+    let node = f.node_at(&f.dir.join("n"), "");
+    apply(&node, &f.c1()).expect(0);
+    let bad = f.debs(
+        "c9",
+        9,
+        &[Deb::new("ep-app", "1.3").postinst("echo broken >&2; exit 1")],
+        &[],
+    );
+    for n in 1..=2 {
+        let r = apply(&node, &bad).expect(6);
+        assert!(
+            r.stderr.contains(&format!("attempt {n} of 3")),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(app_version(&node).as_deref(), Some("1.0 ii"));
+    }
+    let r = apply(&node, &bad).expect(6);
+    assert!(
+        r.stderr.contains("failed 3 times here: cycle c9 refused"),
+        "{}",
+        r.stderr
+    );
+    apply(&node, &bad).expect(4);
+    assert_eq!(app_version(&node).as_deref(), Some("1.0 ii"));
+    let fixed = f.debs("c10", 10, &[Deb::new("ep-app", "1.4")], &[]);
+    apply(&node, &fixed).expect(0);
+    assert_eq!(app_version(&node).as_deref(), Some("1.4 ii"));
+}

@@ -348,6 +348,13 @@ pub fn install_and_commit(
             ))
         })?;
         journal.set("snapshot", &id);
+    } else if targets.is_empty() && !resuming && pm.name() == "apt" && ctx.config.rollback_keep > 0
+    {
+        // A cycle that changes nothing still gets its (empty) set: `rollback` then steps back
+        // over it, refusing it, instead of undoing the cycle before it while it stays installed.
+        let set = sets::preserve(ctx, &manifest.cycle, manifest.sequence, &[], &pre)
+            .map_err(|e| fail(format!("cannot write the rollback set: {}", e.msg)))?;
+        journal.set("rollback_set", set.display());
     }
     info.snapshot = journal.get("snapshot").map(str::to_string);
     journal.set("step", "installing");
@@ -366,7 +373,17 @@ pub fn install_and_commit(
             drop_set(journal, &restored);
             let _ = std::fs::remove_dir_all(staging);
             journal::clear(ctx)?;
-            return Err(fail(format!("install failed: {m}; {restored}")));
+            let tries = marks::count_install_failure(ctx.state_dir(), &manifest.cycle);
+            let retry = if tries >= marks::INSTALL_ATTEMPTS && !restore::incomplete(&restored) {
+                marks::refuse_cycle(ctx.state_dir(), &manifest.cycle);
+                format!(
+                    "; failed {tries} times here: cycle {} refused (ship the fix as a new cycle)",
+                    manifest.cycle
+                )
+            } else {
+                format!("; attempt {tries} of {}", marks::INSTALL_ATTEMPTS)
+            };
+            return Err(fail(format!("install failed: {m}; {restored}{retry}")));
         }
         journal.set("step", "health");
         journal::save(ctx, journal)?;

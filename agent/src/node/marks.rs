@@ -1,7 +1,7 @@
 //! Small lists in state_dir that gate installs: `refused` (cycles rolled back here; never
 //! installed again, exit 4), `halted` (cycles a signed halt order stopped, exit 5) and `orders`
 //! (sha256 of every order already carried out; orders are idempotent). `snapshots` lists the
-//! snapshot ids taken, oldest first.
+//! snapshot ids taken, oldest first; `install-failures` counts failed installs per cycle.
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +60,21 @@ pub fn refuse_cycle(state_dir: &Path, cycle: &str) {
 
 pub fn is_refused(state_dir: &Path, cycle: &str) -> bool {
     read_list(state_dir, "refused").iter().any(|c| c == cycle)
+}
+
+/// Install attempts a cycle gets on one node: after this many failed installs (each restored to
+/// the pre-patch state) it is refused, so a broken bundle does not fail the service forever.
+pub const INSTALL_ATTEMPTS: usize = 3;
+
+/// Count one failed install of `cycle` (`install-failures`: `CYCLE N` lines); returns the count.
+pub fn count_install_failure(state_dir: &Path, cycle: &str) -> usize {
+    let n = read_list(state_dir, "install-failures")
+        .iter()
+        .filter(|l| l.rsplit_once(' ').is_some_and(|(c, _)| c == cycle))
+        .count()
+        + 1;
+    add_to_list(state_dir, "install-failures", &format!("{cycle} {n}"));
+    n
 }
 
 /// Has the order with this sha256 (hex) been carried out on this node already?
