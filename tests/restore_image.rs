@@ -328,3 +328,40 @@ fn rollback_keeps_admin_edits_removes_dpkg_dist_and_refuses_a_changed_copy() {
     assert!(img.version("kiosk-conf").ends_with(" rc"));
     img.audit_clean();
 }
+
+/// The boot-time recovery (edgepatch-recover.service sets EDGEPATCH_BOOT=1) finishes an install
+/// cut short by a power loss before the kiosk app starts. The app's postinst restarts the app's
+/// unit, which waits for the recovery: a temporary policy-rc.d answering 101 makes
+/// deb-systemd-invoke skip that, and is gone afterwards. An admin's own policy-rc.d is kept.
+#[test]
+fn boot_recovery_denies_service_restarts_of_maintainer_scripts_while_it_runs() {
+    let Some(img) = image("restore-image-boot-guard") else {
+        return;
+    };
+    let script =
+        "if [ -x /usr/sbin/policy-rc.d ]; then /usr/sbin/policy-rc.d kiosk.service restart; \
+                  echo $? >>/var/tmp/policy; else echo none >>/var/tmp/policy; fi";
+    let debs = img.dir.join("kiosk");
+    let v1 = Deb::new("kiosk-app", "1.0").postinst(script).build(&debs);
+    let v2 = Deb::new("kiosk-app", "1.1").postinst(script).build(&debs);
+    let c1 = img.bundle_with("c1", 1, &[v1], &["--install", "kiosk-app"]);
+    let c2 = img.bundle("c2", 2, &[v2]);
+    img.agent(&format!("apply {c1}")).expect(0);
+    img.kill_at("installing", &format!("apply {c2}"));
+    let policy = img.root.join("usr/sbin/policy-rc.d");
+    assert!(!policy.exists());
+    img.sh("EDGEPATCH_BOOT=1 edgepatch --config /etc/edgepatch/agent.conf status")
+        .expect(0);
+    assert!(
+        img.version("kiosk-app").starts_with("1.1 ii"),
+        "{}",
+        img.version("kiosk-app")
+    );
+    let seen = std::fs::read_to_string(img.root.join("var/tmp/policy")).unwrap();
+    assert_eq!(
+        seen, "none\n101\n",
+        "c1 at run time, c2 during boot recovery"
+    );
+    assert!(!policy.exists(), "the temporary policy-rc.d is removed");
+    img.audit_clean();
+}

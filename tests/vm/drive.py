@@ -207,9 +207,9 @@ def case_b(vm):
         time.sleep(3)
     if st.get("Result") != "success" or st.get("ExecMainStatus") != "0":
         raise Failed(f"{unit}: {st}")
-    rc, _ = vm.sh("mountpoint -q /run/edgepatch/usb")
+    rc, _ = vm.sh("mountpoint -q /run/edgepatch/usb/sda")
     if rc == 0:
-        raise Failed("stick still mounted at /run/edgepatch/usb")
+        raise Failed("stick still mounted at /run/edgepatch/usb/sda")
     vm.monitor("device_del stick0")
 
 

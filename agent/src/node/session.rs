@@ -32,6 +32,7 @@ pub fn recover(ctx: &Ctx, info: &mut RunInfo) -> Result<()> {
     let staging = PathBuf::from(journal.get("staging").unwrap_or_default());
     let step = journal.get("step").unwrap_or("").to_string();
     log::warn!("found an interrupted run (step {step}); resolving it first");
+    let _no_restarts = crate::node::pkg::DenyServiceActions::at_boot(&ctx.config.root);
     info.cycle = journal.get("cycle").map(str::to_string);
     if journal.get("op") == Some("rollback") {
         let msg = rollback::finish_rollback(ctx, &journal, info)?;

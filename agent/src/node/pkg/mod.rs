@@ -3,6 +3,7 @@
 //! repository enabled: no other repository and no network is ever consulted.
 
 mod apt;
+mod boot_guard;
 mod dnf;
 
 use crate::support::config::PackageManagerChoice;
@@ -10,6 +11,7 @@ use crate::support::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
 pub use apt::{parse_simulation, Apt};
+pub use boot_guard::DenyServiceActions;
 pub use dnf::Dnf;
 
 /// One package offered by the staged repository.
