@@ -1006,3 +1006,29 @@ fn rolled_back_cycle_is_not_fetched_again() {
     );
     assert!(incoming(&node).is_empty(), "{:?}", incoming(&node));
 }
+
+/// File names on a stick are not trusted with the console: escape sequences in a bad bundle's
+/// name show as `\x1b`, in the import's output and in `status`, and the quarantine record's
+/// name is made of safe characters.
+#[test]
+fn escape_sequences_in_stick_file_names_never_reach_the_console() {
+    let f = Fleet::new("dist-escape");
+    let b = f.bundle("c2", 2, 10_000);
+    let drop = f.dir.join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let evil = drop.join("x\u{1b}[2J\u{1b}]0;pwn\u{7}.epb");
+    std::fs::copy(&b, &evil).unwrap();
+    flip_byte(&evil, -500);
+    let node = f.node("n", "http://127.0.0.1:9", "");
+    let r = node.agent(&["import", drop.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let all = r.stdout.clone() + &r.stderr;
+    assert!(!all.contains('\u{1b}') && !all.contains('\u{7}'), "{all:?}");
+    assert!(all.contains("x\\x1b[2J"), "{all}");
+    for e in std::fs::read_dir(node.state_dir.join("quarantine")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.chars().any(|c| c.is_control()), "{name:?}");
+    }
+    let st = node.agent(&["status"]).stdout;
+    assert!(!st.contains('\u{1b}') && !st.contains('\u{7}'), "{st:?}");
+}

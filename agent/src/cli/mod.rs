@@ -6,7 +6,9 @@
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write;
-        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+        let line = format!($($arg)*);
+        let line = $crate::support::text::printable(&line);
+        if let Err(e) = writeln!(std::io::stdout(), "{line}") {
             let _ = writeln!(std::io::stderr(), "edgepatch: cannot write to stdout: {e}");
         }
     }};
@@ -138,7 +140,9 @@ pub fn main(argv: Vec<OsString>) -> i32 {
     match run(args) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("edgepatch: {}: {e}", e.exit.word());
+            let msg = e.to_string();
+            let msg = crate::support::text::printable(&msg);
+            eprintln!("edgepatch: {}: {msg}", e.exit.word());
             e.exit.code()
         }
     }

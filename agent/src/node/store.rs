@@ -73,7 +73,7 @@ pub fn quarantine(
         .map_err(|e| Error::io(Exit::Usage, &qdir, e))?;
     let name = bundle
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+        .map(|n| crate::support::text::safe_name(&n.to_string_lossy()))
         .unwrap_or_else(|| "bundle".into());
     let target = qdir.join(format!("{now}-{name}"));
     let moved = is_agent_owned(state_dir, bundle) && {

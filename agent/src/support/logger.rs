@@ -20,10 +20,11 @@ impl Log for StderrLogger {
                 Level::Debug => "debug",
                 Level::Trace => "trace",
             };
+            let msg = record.args().to_string();
             let _ = writeln!(
                 std::io::stderr().lock(),
                 "edgepatch: {level}: {}",
-                record.args()
+                super::text::printable(&msg)
             );
         }
     }

@@ -9,5 +9,6 @@ pub mod json;
 pub mod kv;
 pub mod logger;
 pub mod testhook;
+pub mod text;
 pub mod tz;
 pub mod window;
