@@ -49,6 +49,6 @@ mod tests {
             printable("x\u{1b}[2J\u{7}\u{9b}y"),
             "x\\x1b[2J\\x07\\u{009b}y"
         );
-        assert_eq!(safe_name("k\u{1b}]0;pwn\u{7}.epb"), "k_]0_pwn_.epb");
+        assert_eq!(safe_name("k\u{1b}]0;pwn\u{7}.epb"), "k__0_pwn_.epb");
     }
 }
