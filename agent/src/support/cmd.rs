@@ -199,7 +199,10 @@ impl Cmd {
         loop {
             match child.try_wait() {
                 Ok(Some(st)) if st.success() => return Ok(()),
-                Ok(Some(st)) => return Err(format!("{} exited {st}", self.display())),
+                Ok(Some(st)) => {
+                    let how = st.code().map_or("by signal".to_string(), |c| c.to_string());
+                    return Err(format!("{} exited {how}", self.display()));
+                }
                 Ok(None) if std::time::Instant::now() >= deadline => {
                     let _ = child.kill();
                     let _ = child.wait();

@@ -249,8 +249,9 @@ impl PackageManager for Apt {
             .chain(out.stdout.lines())
             .find(|l| l.contains("error processing"));
         Err(format!(
-            "apt-get exited {:?}: {}",
-            out.status,
+            "apt-get exited {}: {}",
+            out.status
+                .map_or("by signal".to_string(), |c| c.to_string()),
             dpkg_line.map_or_else(|| out.last_line(), |l| l.trim().to_string())
         ))
     }
