@@ -113,44 +113,13 @@ impl Check {
     }
 }
 
-/// Split `msg` into lines of at most `width` characters, at spaces where possible.
-fn wrap(msg: &str, width: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut cur = String::new();
-    let mut cur_len = 0;
-    for word in msg.split(' ').filter(|w| !w.is_empty()) {
-        let mut chars: Vec<char> = word.chars().collect();
-        let sep = usize::from(cur_len > 0);
-        if cur_len + sep + chars.len() <= width {
-            if sep == 1 {
-                cur.push(' ');
-            }
-            cur.extend(&chars);
-            cur_len += sep + chars.len();
-            continue;
-        }
-        if cur_len > 0 {
-            lines.push(std::mem::take(&mut cur));
-        }
-        // A word longer than a line (a deep path): cut it.
-        while chars.len() > width {
-            let rest = chars.split_off(width);
-            lines.push(chars.into_iter().collect());
-            chars = rest;
-        }
-        cur_len = chars.len();
-        cur = chars.into_iter().collect();
-    }
-    if cur_len > 0 || lines.is_empty() {
-        lines.push(cur);
-    }
-    lines
-}
-
 /// One check as console lines (each ≤ [`WIDTH`] columns), newline-terminated.
 pub fn render(c: &Check, colour: bool) -> String {
     let mut out = String::new();
-    for (i, line) in wrap(&c.msg, WIDTH - INDENT).iter().enumerate() {
+    for (i, line) in crate::support::text::wrap(&c.msg, WIDTH - INDENT)
+        .iter()
+        .enumerate()
+    {
         if i == 0 {
             let word = c.level.word();
             if colour {
@@ -654,6 +623,7 @@ mod tests {
 
     #[test]
     fn wrap_keeps_words_and_cuts_long_ones() {
+        use crate::support::text::wrap;
         assert_eq!(wrap("a bb ccc", 4), vec!["a bb", "ccc"]);
         assert_eq!(wrap("abcdefghij", 4), vec!["abcd", "efgh", "ij"]);
         assert_eq!(wrap("", 4), vec![""]);

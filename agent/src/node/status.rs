@@ -259,7 +259,7 @@ impl Status {
         for w in &self.warnings {
             s += &format!("WARNING   {w}\n");
         }
-        s
+        crate::support::text::wrap_labelled(&s, 80, 10)
     }
 }
 
