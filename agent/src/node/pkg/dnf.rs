@@ -199,6 +199,43 @@ impl PackageManager for Dnf {
         Ok(())
     }
 
+    fn repack(
+        &self,
+        name: &str,
+        _arch: Option<&str>,
+        pool: &Path,
+    ) -> crate::support::error::Result<crate::node::preserve::Repacked> {
+        crate::node::preserve::rpm::repack(self.rpm(), &self.root, name, pool)
+    }
+
+    fn verify(&self, names: &[String]) -> R<()> {
+        // Metadata only (cheap): a file missing, or of another type, mode, owner, device or link
+        // target than its package says. Not checked, as they are expected: %config files (the
+        // admin's edits stay), sizes, digests and mtimes (files carried as they were changed
+        // before the patch), dependencies and %verify scripts.
+        if names.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .rpm()
+            .args([
+                "-V",
+                "--nodeps",
+                "--noscripts",
+                "--noconfig",
+                "--nofiledigest",
+            ])
+            .args(["--nosize", "--nomtime"])
+            .args(names)
+            .output()
+            .map_err(|e| e.to_string())?;
+        match out.stdout.lines().next() {
+            Some(l) => Err(format!("rpm -V: {}", l.trim())),
+            None if !out.ok() => Err(format!("rpm -V: {}", out.last_line())),
+            None => Ok(()),
+        }
+    }
+
     fn audit(&self) -> R<()> {
         // Two versions of one package installed at once means an interrupted transaction.
         let out = self.rpm().args(["-qa", "--qf", "%{NAME}\n"]).run()?;
