@@ -342,13 +342,19 @@ pub fn wait_for_file(path: &Path, secs: u64) -> bool {
     false
 }
 
-/// A test .rpm built with rpmbuild: noarch, one file, optional Requires and scriptlets.
+/// A test .rpm built with rpmbuild: noarch, one file, optional Requires and scriptlets; more
+/// preamble lines (`head`), files (`install` shell + `files` lines) and a payload compressor
+/// (`payload`, an rpmbuild `_binary_payload` such as `w6.xzdio`) when set.
 pub struct Rpm<'a> {
     pub name: &'a str,
     pub version: &'a str,
     pub requires: &'a str,
     pub pre: Option<&'a str>,
     pub post: Option<&'a str>,
+    pub head: &'a str,
+    pub install: &'a str,
+    pub files: &'a str,
+    pub payload: &'a str,
 }
 
 impl<'a> Rpm<'a> {
@@ -359,7 +365,45 @@ impl<'a> Rpm<'a> {
             requires: "",
             pre: None,
             post: None,
+            head: "",
+            install: "",
+            files: "",
+            payload: "",
         }
+    }
+
+    /// More preamble lines (`Obsoletes: x`, `Provides: y`, `AutoReqProv: no`).
+    pub fn head(mut self, lines: &'a str) -> Self {
+        self.head = lines;
+        self
+    }
+
+    /// More files: shell for %install (`$RPM_BUILD_ROOT` is the buildroot) and %files lines.
+    pub fn files(mut self, install: &'a str, files: &'a str) -> Self {
+        self.install = install;
+        self.files = files;
+        self
+    }
+
+    /// A %config(noreplace) file `path` holding `text` (a line).
+    pub fn config(self, path: &'a str, text: &'a str, noreplace: bool) -> Self {
+        let install = Box::leak(
+            format!("mkdir -p \"$RPM_BUILD_ROOT$(dirname {path})\"\necho '{text}' > \"$RPM_BUILD_ROOT{path}\"\n")
+                .into_boxed_str(),
+        );
+        let kind = if noreplace {
+            "%config(noreplace)"
+        } else {
+            "%config"
+        };
+        let files = Box::leak(format!("{kind} {path}\n").into_boxed_str());
+        self.files(install, files)
+    }
+
+    /// The payload compressor, as rpmbuild's `_binary_payload` (`w9.gzdio`, `w6.xzdio`, `w19.zstdio`).
+    pub fn payload(mut self, p: &'a str) -> Self {
+        self.payload = p;
+        self
     }
 
     pub fn requires(mut self, r: &'a str) -> Self {
@@ -390,10 +434,13 @@ impl<'a> Rpm<'a> {
         if !self.requires.is_empty() {
             spec += &format!("Requires: {}\n", self.requires);
         }
+        spec += self.head;
         spec += &format!(
-            "%description\nedgepatch test package\n%install\nmkdir -p %{{buildroot}}/usr/share/edgepatch-test\necho '{n} {v}' > %{{buildroot}}/usr/share/edgepatch-test/{n}\n%files\n/usr/share/edgepatch-test/{n}\n",
+            "\n%description\nedgepatch test package\n%install\nmkdir -p %{{buildroot}}/usr/share/edgepatch-test\necho '{n} {v}' > %{{buildroot}}/usr/share/edgepatch-test/{n}\n{i}\n%files\n/usr/share/edgepatch-test/{n}\n{f}\n",
             n = self.name,
-            v = self.version
+            v = self.version,
+            i = self.install,
+            f = self.files,
         );
         if let Some(s) = self.pre {
             spec += &format!("%pre\n{s}\n");
@@ -403,12 +450,17 @@ impl<'a> Rpm<'a> {
         }
         let spec_path = top.join("SPECS/t.spec");
         std::fs::write(&spec_path, spec).unwrap();
-        run(Command::new("rpmbuild")
-            .arg("--define")
+        let mut cmd = Command::new("rpmbuild");
+        cmd.arg("--define")
             .arg(format!("_topdir {}", top.display()))
-            .args(["--quiet", "-bb"])
-            .arg(&spec_path))
-        .expect(0);
+            // Host binaries in a noarch test package (the scratch root's /bin/sh): keep as is.
+            .args(["--define", "_binaries_in_noarch_packages_terminate_build 0"])
+            .args(["--define", "__os_install_post %{nil}"]);
+        if !self.payload.is_empty() {
+            cmd.arg("--define")
+                .arg(format!("_binary_payload {}", self.payload));
+        }
+        run(cmd.args(["--quiet", "-bb"]).arg(&spec_path)).expect(0);
         let name = format!("{}-{}-1.noarch.rpm", self.name, self.version);
         std::fs::create_dir_all(out_dir).unwrap();
         let out = out_dir.join(&name);
@@ -416,6 +468,30 @@ impl<'a> Rpm<'a> {
         std::fs::remove_dir_all(&top).unwrap();
         out
     }
+}
+
+/// `ep-sh`: the host's dash as `/bin/sh` (with its loader and libc), so scriptlets really run
+/// in a scratch rpm root (rpm runs them chrooted there).
+pub fn rpm_shell<'a>() -> Rpm<'a> {
+    Rpm::new("ep-sh", "1.0")
+        .head("AutoReqProv: no\nProvides: /bin/sh\n")
+        .files(
+            "for f in /usr/bin/dash /lib/x86_64-linux-gnu/libc.so.6 /lib64/ld-linux-x86-64.so.2; do\n\
+             mkdir -p \"$RPM_BUILD_ROOT$(dirname $f)\"; cp -L $f \"$RPM_BUILD_ROOT$f\"; done\n\
+             mkdir -p \"$RPM_BUILD_ROOT/bin\"; ln -s /usr/bin/dash \"$RPM_BUILD_ROOT/bin/sh\"\n",
+            "/usr/bin/dash\n/bin/sh\n/lib/x86_64-linux-gnu/libc.so.6\n/lib64/ld-linux-x86-64.so.2\n",
+        )
+}
+
+/// `rpm --root ROOT -i` of these packages (installed before any bundle: no cache has them).
+pub fn rpm_install(root: &Path, pkgs: &[PathBuf]) {
+    std::fs::create_dir_all(root).unwrap();
+    run(Command::new("rpm")
+        .arg("--root")
+        .arg(root)
+        .arg("-i")
+        .args(pkgs))
+    .expect(0);
 }
 
 /// Version-release of a package in a scratch rpm root, if installed.

@@ -272,7 +272,7 @@ pub fn install_and_commit(
         }
     }
     let resuming = pre.is_some();
-    let pre = match pre {
+    let mut pre = match pre {
         Some(p) => p,
         None => names
             .iter()
@@ -320,21 +320,35 @@ pub fn install_and_commit(
         if !changes.is_empty() {
             journal.set("changed", changes.len());
         }
+        // Packages the install removes (obsoleted, conflicting) come back on undo too.
+        for c in &changes {
+            if let (Some(old), false) = (&c.old, pre.iter().any(|(n, _)| *n == c.name)) {
+                pre.push((c.name.clone(), Some(old.clone())));
+            }
+        }
+        journal.set("pre", restore::encode_versions(&pre));
         // Keep a way back to every version the install replaces, image packages included.
-        if pm.name() == "apt" && ctx.config.rollback_keep > 0 {
+        if ctx.config.rollback_keep > 0 {
             journal.set("step", "preserving");
             journal::save(ctx, journal)?;
             crate::support::testhook::pause_point("preserving");
             let t_preserve = std::time::Instant::now();
-            let set = sets::preserve(ctx, &manifest.cycle, manifest.sequence, &changes, &pre)
-                .map_err(|e| {
-                    let _ = std::fs::remove_dir_all(staging);
-                    let _ = journal::clear(ctx);
-                    fail(format!(
-                        "cannot preserve packages, nothing changed: {}",
-                        e.msg
-                    ))
-                })?;
+            let set = sets::preserve(
+                ctx,
+                pm.as_ref(),
+                &manifest.cycle,
+                manifest.sequence,
+                &changes,
+                &pre,
+            )
+            .map_err(|e| {
+                let _ = std::fs::remove_dir_all(staging);
+                let _ = journal::clear(ctx);
+                fail(format!(
+                    "cannot preserve packages, nothing changed: {}",
+                    e.msg
+                ))
+            })?;
             info.time("preserve", t_preserve);
             journal.set("rollback_set", set.display());
         }
@@ -348,12 +362,18 @@ pub fn install_and_commit(
             ))
         })?;
         journal.set("snapshot", &id);
-    } else if targets.is_empty() && !resuming && pm.name() == "apt" && ctx.config.rollback_keep > 0
-    {
+    } else if targets.is_empty() && !resuming && ctx.config.rollback_keep > 0 {
         // A cycle that changes nothing still gets its (empty) set: `rollback` then steps back
         // over it, refusing it, instead of undoing the cycle before it while it stays installed.
-        let set = sets::preserve(ctx, &manifest.cycle, manifest.sequence, &[], &pre)
-            .map_err(|e| fail(format!("cannot write the rollback set: {}", e.msg)))?;
+        let set = sets::preserve(
+            ctx,
+            pm.as_ref(),
+            &manifest.cycle,
+            manifest.sequence,
+            &[],
+            &pre,
+        )
+        .map_err(|e| fail(format!("cannot write the rollback set: {}", e.msg)))?;
         journal.set("rollback_set", set.display());
     }
     info.snapshot = journal.get("snapshot").map(str::to_string);

@@ -139,8 +139,16 @@ pub fn restore_packages(
             }
         }
     }
-    // Check what is there now, whatever the package manager said.
-    let bad = not_back(pm, pre);
+    // rpm moved the admin's %config edits aside (.rpmsave) or left defaults beside them.
+    if let (Some(set), "dnf") = (set, pm.name()) {
+        crate::node::preserve::rpm::settle_configs(&ctx.config.root, set, &from_set);
+    }
+    // Check what is there now, whatever the package manager said; and the files of the
+    // packages put back.
+    let mut bad = not_back(pm, pre);
+    if let Err(e) = pm.verify(&from_set) {
+        bad.push(e);
+    }
     let attention = attention_path(sd);
     if !bad.is_empty() {
         let mut msg = format!("restore incomplete: {}", bad.join(", "));

@@ -1,4 +1,4 @@
-//! Rollback sets (Debian family): before an install changes anything, every installed package it
+//! Rollback sets (both families): before an install changes anything, every installed package it
 //! will upgrade, downgrade or remove is repacked (`preserve`) into `state_dir/rollback/pool/`, and
 //! `state_dir/rollback/SEQ-CYCLE.set` records the cycle, the pre-patch versions, the preserved
 //! files (`name=version=file=sha256`: a copy that changed since is not installed) and the
@@ -6,7 +6,7 @@
 //! `rollback` steps back through them newest first.
 
 use crate::node::ctx::Ctx;
-use crate::node::pkg::Change;
+use crate::node::pkg::{Change, PackageManager};
 use crate::support::error::{Error, Exit, Result};
 use crate::support::kv::Record;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,7 @@ pub fn pool(sd: &Path) -> PathBuf {
 /// `pre` (the journal's pre-patch versions) is merged in, so the set alone can undo the install.
 pub fn preserve(
     ctx: &Ctx,
+    pm: &dyn PackageManager,
     cycle: &str,
     sequence: u64,
     changes: &[Change],
@@ -64,11 +65,11 @@ pub fn preserve(
             Some((n, a)) => (n, Some(a)),
             None => (c.name.as_str(), None),
         };
-        let r = crate::node::preserve::repack_deb_cached(&ctx.config.root, name, arch, &pool)?;
+        let r = pm.repack(name, arch, &pool)?;
         if r.version != *old {
             return Err(Error::new(
                 Exit::InstallFailed,
-                format!("{name} is at {}, apt said {old}", r.version),
+                format!("{name} is at {}, {} said {old}", r.version, pm.name()),
             ));
         }
         if files.is_empty() {

@@ -303,6 +303,15 @@ impl PackageManager for Apt {
             .collect()
     }
 
+    fn repack(
+        &self,
+        name: &str,
+        arch: Option<&str>,
+        pool: &Path,
+    ) -> crate::support::error::Result<crate::node::preserve::Repacked> {
+        crate::node::preserve::repack_deb_cached(&self.root, name, arch, pool)
+    }
+
     fn audit(&self) -> R<()> {
         // Any package unpacked but not configured, half-installed, awaiting triggers, or marked
         // reinst-required means dpkg was interrupted or a maintainer script failed.

@@ -1,7 +1,7 @@
 //! RHEL family: dnf with `--installroot`, `reposdir=/dev/null` and the staged repository as the
 //! only repo (its repodata was made by the builder with createrepo_c); rpm underneath.
 
-use super::{PackageManager, RepoPackage};
+use super::{Change, PackageManager, RepoPackage};
 use crate::support::cmd::Cmd;
 use std::path::{Path, PathBuf};
 
@@ -34,7 +34,7 @@ impl Dnf {
     }
 
     fn dnf(&self, repo: &Path) -> Cmd {
-        let mut c = Cmd::new("dnf").args([
+        let mut c = Cmd::new("dnf").env("LC_ALL", "C").args([
             "-y",
             "-q",
             "--setopt=reposdir=/dev/null",
@@ -139,22 +139,33 @@ impl PackageManager for Dnf {
         Ok(out.stdout.trim() == "1")
     }
 
-    fn simulate(&self, repo: &Path, specs: &[(String, String)]) -> R<Vec<super::Change>> {
-        // tsflags=test runs the whole rpm transaction check without changing anything.
+    fn simulate(&self, repo: &Path, specs: &[(String, String)]) -> R<Vec<Change>> {
+        // tsflags=test runs the whole rpm transaction check without changing anything; -v
+        // makes dnf 4 log its resolved plan, one `---> Package` line per package (the summary
+        // table wraps long names and shows no old versions).
         self.dnf(repo)
-            .arg("--setopt=tsflags=test")
-            .arg("install")
+            .args(["-v", "--setopt=tsflags=test", "install"])
             .args(Self::spec_args(specs))
             .run()
-            .map(|_| Vec::new())
+            .map(|o| parse_plan(&o.stdout))
     }
 
     fn install(&self, repo: &Path, specs: &[(String, String)]) -> R<()> {
-        self.dnf(repo)
+        let out = self
+            .dnf(repo)
             .arg("install")
             .args(Self::spec_args(specs))
-            .run()
-            .map(|_| ())
+            .run()?;
+        // rpm and dnf exit 0 when a %post (or %preun, %postun, trigger) scriptlet fails; the
+        // package is then half set up, so it counts as a failed install and is undone. dnf -q
+        // says `Error in POSTIN scriptlet in rpm package NAME`, rpm `%post(NEVRA) scriptlet
+        // failed, exit status N`.
+        match (out.stdout.lines().chain(out.stderr.lines()))
+            .find(|l| l.contains("scriptlet") && (l.contains("Error") || l.contains("failed")))
+        {
+            Some(l) => Err(l.trim().to_string()),
+            None => Ok(()),
+        }
     }
 
     fn repair(&self) -> R<()> {
@@ -164,16 +175,65 @@ impl PackageManager for Dnf {
     }
 
     fn restore(&self, files: &[PathBuf], remove: &[String]) -> R<()> {
+        // Packages the patch added go first (one may obsolete a package put back), without
+        // dependency checks: the packages needing them are the ones being put back. The
+        // pre-patch set was consistent, so the reinstall skips them too. Repacked copies
+        // carry re-encoded payloads and files as they were (admin edits): no digest checks
+        // (the rollback set's sha256 guards the file).
+        if !remove.is_empty() {
+            self.rpm().args(["-e", "--nodeps"]).args(remove).run()?;
+        }
         if !files.is_empty() {
             self.rpm()
-                .args(["-U", "--oldpackage", "--replacepkgs", "--nosignature"])
+                .args([
+                    "-U",
+                    "--oldpackage",
+                    "--replacepkgs",
+                    "--nodeps",
+                    "--nosignature",
+                ])
+                .args(["--nodigest", "--nofiledigest"])
                 .args(files)
                 .run()?;
         }
-        if !remove.is_empty() {
-            self.rpm().arg("-e").args(remove).run()?;
-        }
         Ok(())
+    }
+
+    fn repack(
+        &self,
+        name: &str,
+        _arch: Option<&str>,
+        pool: &Path,
+    ) -> crate::support::error::Result<crate::node::preserve::Repacked> {
+        crate::node::preserve::rpm::repack(self.rpm(), &self.root, name, pool)
+    }
+
+    fn verify(&self, names: &[String]) -> R<()> {
+        // Metadata only (cheap): a file missing, or of another type, mode, owner, device or link
+        // target than its package says. Not checked, as they are expected: %config files (the
+        // admin's edits stay), sizes, digests and mtimes (files carried as they were changed
+        // before the patch), dependencies and %verify scripts.
+        if names.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .rpm()
+            .args([
+                "-V",
+                "--nodeps",
+                "--noscripts",
+                "--noconfig",
+                "--nofiledigest",
+            ])
+            .args(["--nosize", "--nomtime"])
+            .args(names)
+            .output()
+            .map_err(|e| e.to_string())?;
+        match out.stdout.lines().next() {
+            Some(l) => Err(format!("rpm -V: {}", l.trim())),
+            None if !out.ok() => Err(format!("rpm -V: {}", out.last_line())),
+            None => Ok(()),
+        }
     }
 
     fn audit(&self) -> R<()> {
@@ -189,5 +249,73 @@ impl PackageManager for Dnf {
             Some(w) => Err(format!("rpmdb holds two versions of {}", w[0])),
             None => Ok(()),
         }
+    }
+}
+
+/// The changes in dnf 4's `-v` plan: `---> Package NAME.ARCH EVR will be WHAT`, where WHAT is
+/// `upgraded`, `downgraded`, `obsoleted`, `erased` (the installed version) or `installed`,
+/// `an upgrade`, `a downgrade` (the new one). One Change per name.
+pub fn parse_plan(out: &str) -> Vec<Change> {
+    let mut v: Vec<Change> = Vec::new();
+    for l in out.lines() {
+        let Some((na, rest)) = l
+            .trim()
+            .strip_prefix("---> Package ")
+            .and_then(|r| r.split_once(' '))
+        else {
+            continue;
+        };
+        let (Some((name, _)), Some((evr, what))) =
+            (na.rsplit_once('.'), rest.split_once(" will be "))
+        else {
+            continue;
+        };
+        let old = matches!(what, "upgraded" | "downgraded" | "obsoleted" | "erased");
+        if !old && !matches!(what, "installed" | "an upgrade" | "a downgrade") {
+            continue;
+        }
+        let i = match v.iter().position(|c| c.name == name) {
+            Some(i) => i,
+            None => {
+                v.push(Change {
+                    name: name.to_string(),
+                    old: None,
+                    new: None,
+                });
+                v.len() - 1
+            }
+        };
+        let slot = if old { &mut v[i].old } else { &mut v[i].new };
+        *slot = Some(evr.to_string());
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_lines_become_changes() {
+        let out = "---> Package ep-dep.noarch 1.0-1 will be installed\n\
+                   ---> Package ep-new.x86_64 1:2.0-1 will be installed\n\
+                   ---> Package ep-old.noarch 1.0-1 will be obsoleted\n\
+                   ---> Package ep-a.noarch 1.0-1 will be upgraded\n\
+                   ---> Package ep-a.noarch 2.0-1 will be an upgrade\n\
+                   ---> Package ep-b.noarch 3.0-1 will be reinstalled\n";
+        let ch = |n: &str, o: Option<&str>, v: Option<&str>| Change {
+            name: n.into(),
+            old: o.map(Into::into),
+            new: v.map(Into::into),
+        };
+        assert_eq!(
+            parse_plan(out),
+            vec![
+                ch("ep-dep", None, Some("1.0-1")),
+                ch("ep-new", None, Some("1:2.0-1")),
+                ch("ep-old", Some("1.0-1"), None),
+                ch("ep-a", Some("1.0-1"), Some("2.0-1")),
+            ]
+        );
     }
 }

@@ -59,6 +59,24 @@ pub trait PackageManager {
     }
     /// No package half-installed or half-configured.
     fn audit(&self) -> std::result::Result<(), String>;
+    /// Rebuild the installed `name` (`arch` when several) from the root into `pool`, for the
+    /// rollback set (`preserve`).
+    fn repack(
+        &self,
+        name: &str,
+        _arch: Option<&str>,
+        _pool: &Path,
+    ) -> Result<crate::node::preserve::Repacked> {
+        Err(crate::node::preserve::err(format!(
+            "{name}: cannot preserve packages with {}",
+            self.name()
+        )))
+    }
+    /// After a restore: the files of the installed `names` are what their packages put there
+    /// (beyond the differences the family expects, such as edited configuration).
+    fn verify(&self, _names: &[String]) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Pick the package manager from the config; `auto` looks at what the root has.

@@ -13,10 +13,13 @@
 //! Output is deterministic: members in sorted path order, files' own modes, mtimes and numeric
 //! owners, no time of day anywhere. Files changed since install (md5sums mismatch) are carried
 //! as they are now, with a warning; conffiles keep the admin's version.
+//!
+//! The RHEL family's counterpart, a native rpmrebuild, is [`rpm::repack`].
 
 pub mod ar;
 pub mod db;
 pub mod dpkg;
+pub mod rpm;
 pub mod tar;
 
 pub use dpkg::{installed_debs, plan_deb, repack_deb, repack_deb_cached, DebPlan};
@@ -43,7 +46,8 @@ pub struct Repacked {
     pub missing: Vec<String>,
     /// The Conffiles record before the repack: (path, md5 of the version the package shipped).
     /// Installing the repacked package records the admin's text as shipped instead; putting
-    /// these back into the status file keeps later upgrades prompting as before.
+    /// these back into the status file keeps later upgrades prompting as before. rpm: the
+    /// %config files, each with which of `.rpmnew` / `.rpmsave` existed (`n`, `s`, `ns`, `-`).
     pub conffiles: Vec<(String, String)>,
     /// True when an identical cached copy was reused instead of packing again.
     pub reused: bool,
@@ -51,7 +55,7 @@ pub struct Repacked {
 
 /// Lowercase hex of `b`.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::bundle::format::hex(b)
 }
 
 /// A preserve failure: the install must not go ahead without its way back.

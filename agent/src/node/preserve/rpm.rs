@@ -1,0 +1,545 @@
+//! Native rpmrebuild: an installed package of an rpm root rebuilt as an installable .rpm from
+//! rpm's database and the files on disk, with no rpmbuild, cpio or compressor on the node.
+//!
+//! - The main header is the package's own immutable header region as rpm keeps it
+//!   (`%{HEADERIMMUTABLE}`): name, version, dependencies, scriptlets, file list and digests. rpm
+//!   installs it unchanged, so its database afterwards holds the original package's header.
+//! - The payload is a cpio "newc" archive in header order (`./path`, header modes and mtimes,
+//!   uid/gid 0, symlink targets as data, hardlinked content with the set's last link), read
+//!   from disk through one bounded buffer.
+//! - The immutable header still names the original PAYLOADCOMPRESSOR, so the payload is a valid
+//!   gzip, xz or zstd stream of stored / uncompressed / raw blocks: nothing is compressed.
+//! - A lead and a signature header carrying the header's SHA256. The header's payload digests
+//!   no longer match, nor do file digests of files changed since install: restores run
+//!   `rpm -U --nodigest --nofiledigest` (the set's own sha256 guards the file).
+//!
+//! rpm 4.18 limits what can be carried (found by experiment): every non-%ghost file of the
+//! header must be in the payload ("cpio: Missing file(s)", even ones rpm would skip), so a
+//! listed file that is not on disk (deleted, or never installed: nodocs, other-arch multilib)
+//! stops the preserve; and a file's payload size must be the header's (rpm reads exactly that
+//! many bytes: "cpio: Bad magic"), so a changed %config file is carried cut or zero-padded to
+//! its packaged size (rpm leaves the admin's copy on disk; `settle_configs` tidies after it),
+//! while any other file whose size changed stops the preserve.
+
+use super::{check_space, err, hex, Repacked, TempOut};
+use crate::support::cmd::Cmd;
+use crate::support::error::Result;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// Bumped whenever the bytes written for the same inputs change: part of the identity.
+const FORMAT: &str = "edgepatch-preserve-rpm-1\n";
+const MAGIC: [u8; 8] = [0x8e, 0xad, 0xe8, 1, 0, 0, 0, 0];
+/// Largest block every format can store as is (gzip stored blocks hold 65535 bytes).
+const CHUNK: usize = 65535;
+const QF: &str = "%{NAME}-%{VERSION}-%{RELEASE}\n%{EPOCHNUM}:%{VERSION}-%{RELEASE}\n%{ARCH}\n\
+%{PAYLOADCOMPRESSOR}\n[%{FILEFLAGS}\t%{FILEMODES}\t%{LONGFILESIZES}\t%{FILEINODES}\t\
+%{FILESTATES}\t%{FILEMTIMES}\t%{FILEDIGESTS}\t%{FILELINKTOS}\t%{FILENAMES}\n]\
+%{HEADERIMMUTABLE:base64}\nEND\n";
+/// Lead (magic, v3.0, binary, archnum 1: rpm ignores it, name, osnum 1, header-style
+/// signature), then the signature header: one entry, RPMSIGTAG_SHA256 (273), a string.
+const LEAD: [u8; 128] = {
+    let mut l = [0u8; 128];
+    let start = [0xed, 0xab, 0xee, 0xdb, 3, 0, 0, 0, 0, 1];
+    let sig = [
+        0, 0, 0, 1, 0, 0, 0, 65, 0, 0, 1, 17, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 1,
+    ];
+    let mut i = 0;
+    while i < 24 {
+        if i < 10 {
+            l[i] = start[i];
+        }
+        if i < 8 {
+            l[96 + i] = MAGIC[i];
+        }
+        l[104 + i] = sig[i];
+        i += 1;
+    }
+    l[77] = 1;
+    l[79] = 5;
+    l
+};
+const CONFIG: u64 = 1;
+const GHOST: u64 = 64;
+const REG: u64 = 0o100000;
+const LNK: u64 = 0o120000;
+
+/// One file of the header: flags, mode, size, inode, state, mtime (`n`); digest, link target,
+/// path (`s`); `data`: the entry carrying the content (the last of a hardlink set), `nlink`.
+struct F<'a> {
+    n: [u64; 6],
+    s: [&'a str; 3],
+    nlink: u64,
+    data: bool,
+}
+
+/// Repack the installed `name` into `dir/NAME-VERSION-RELEASE.ARCH.<identity>.rpm`, reusing an
+/// existing file of that name (the same package, same files: `reused`). `rpm` is the rpm
+/// command for the root (`--root` included).
+pub fn repack(rpm: Cmd, root: &Path, name: &str, dir: &Path) -> Result<Repacked> {
+    let out = rpm
+        .args(["-q", "--qf", QF, name])
+        .run()
+        .map_err(err)?
+        .stdout;
+    let mut r = Repacked {
+        path: dir.to_path_buf(),
+        package: name.to_string(),
+        version: String::new(),
+        arch: String::new(),
+        identity: [0; 32],
+        bytes: 0,
+        changed: Vec::new(),
+        missing: Vec::new(),
+        conffiles: Vec::new(),
+        reused: false,
+    };
+    match pack(&out, root, &mut r) {
+        Ok(()) => Ok(r),
+        Err(m) => Err(err(format!("{name}: {m}"))),
+    }
+}
+
+fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), String> {
+    let mut lines = out.lines();
+    let mut next = || lines.next().unwrap_or_default();
+    let (nevr, evr, arch, comp) = (next(), next(), next(), next());
+    let (mut files, mut main, mut ends) = (Vec::new(), MAGIC.to_vec(), 0);
+    let (mut acc, mut bits, mut ok) = (0u32, 0, true);
+    for l in lines {
+        let w: Vec<&str> = l.split('\t').collect();
+        if let [a, b, c, d, e, f, g, h, i] = w[..] {
+            let n = [a, b, c, d, e, f].map(|x| x.parse().unwrap_or(u64::MAX));
+            if n[0] & GHOST == 0 {
+                files.push(F {
+                    n,
+                    s: [g, h, i],
+                    nlink: 1,
+                    data: true,
+                });
+            }
+        } else if l == "END" {
+            ends += 1;
+        } else {
+            // The header, base64.
+            for c in l.bytes() {
+                let v = match c {
+                    b'A'..=b'Z' => c - b'A',
+                    b'a'..=b'z' => c - b'a' + 26,
+                    b'0'..=b'9' => c - b'0' + 52,
+                    b'+' => 62,
+                    b'/' => 63,
+                    b'=' => continue,
+                    _ => {
+                        ok = false;
+                        continue;
+                    }
+                };
+                acc = acc << 6 | u32::from(v);
+                bits += 6;
+                if bits >= 8 {
+                    bits -= 8;
+                    main.push((acc >> bits) as u8);
+                }
+            }
+        }
+    }
+    let kind = match comp.as_bytes() {
+        [b'g' | b'(', ..] => b'g',
+        b"xz" => b'x',
+        [b'z', ..] => b'z',
+        _ => 0,
+    };
+    let be = |i| {
+        main.get(i..i + 4)
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    if kind == 0 || ends != 1 || !ok || main.len() != 16 + 16 * be(8) + be(12) {
+        return Err(format!(
+            "cannot rebuild it from rpm's database (payload {comp})"
+        ));
+    }
+    // Identity: everything the bytes depend on, and what each carried file looks like now.
+    let mut h = Sha256::new();
+    h.update(FORMAT);
+    h.update(out);
+    let mut need = 4096 + main.len() as u64;
+    for i in 0..files.len() {
+        // Hardlink sets: rpm wants the content with the set's last member, in header order.
+        let same = |j: &usize| files[*j].n[1] & 0o170000 == REG && files[*j].n[3] == files[i].n[3];
+        let count = (0..files.len()).filter(same).count() as u64;
+        let last = !(i + 1..files.len()).any(|j| same(&j));
+        let f = &mut files[i];
+        (f.nlink, f.data) = (count, last);
+        need += 128 + f.n[2] + f.n[2] / 4096;
+        let [_, link, path] = f.s;
+        let why = match f.n[1] & 0o170000 {
+            LNK if f.n[2] != link.len() as u64 => "is an odd link",
+            REG => {
+                let at = |x: &str| super::db::resolve(root, &format!("{path}{x}"), false);
+                let m = at("").and_then(std::fs::symlink_metadata);
+                match m {
+                    Ok(m) if m.is_file() && f.n[4] == 0 && f.n[2] <= u32::MAX as u64 => {
+                        if f.n[0] & CONFIG != 0 {
+                            let mut had = String::from("-");
+                            for (x, c) in [(".rpmnew", 'n'), (".rpmsave", 's')] {
+                                if at(x).is_ok_and(|p| p.exists()) {
+                                    had.push(c);
+                                }
+                            }
+                            r.conffiles.push((path.to_string(), had));
+                        } else if m.len() != f.n[2] {
+                            return Err(format!(
+                                "{path} changed size since install (rpm cannot carry it); {FIX}"
+                            ));
+                        }
+                        for v in [
+                            m.len(),
+                            m.mtime() as u64,
+                            m.ctime() as u64,
+                            m.ino(),
+                            m.ctime_nsec() as u64,
+                        ] {
+                            h.update(v.to_le_bytes());
+                        }
+                        continue;
+                    }
+                    _ => "is listed but not installed as a file (or over 4 GiB)",
+                }
+            }
+            _ => continue,
+        };
+        return Err(format!("{path} {why}; {FIX}"));
+    }
+    r.identity = h.finalize().into();
+    r.path
+        .push(format!("{nevr}.{arch}.{}.rpm", &hex(&r.identity)[..16]));
+    r.version = evr.strip_prefix("0:").unwrap_or(evr).to_string();
+    r.arch = arch.to_string();
+    if let Ok(m) = std::fs::metadata(&r.path) {
+        (r.bytes, r.reused) = (m.len(), m.len() > 0);
+    }
+    if r.reused {
+        return Ok(());
+    }
+    let dir = r.path.parent().unwrap_or(Path::new("."));
+    check_space(dir, need).map_err(|e| e.msg)?;
+    let mut t = TempOut::create(&r.path).map_err(|e| e.msg)?;
+    let sum = hex(&crate::bundle::format::sha256(&main));
+    let mut lead = LEAD;
+    for (d, s) in lead[10..75].iter_mut().zip(nevr.bytes()) {
+        *d = s;
+    }
+    let mut z = Enc::new(&mut t.w, kind);
+    let done = write(
+        &mut z,
+        [&lead, sum.as_bytes(), &[0; 8], &main],
+        &files,
+        root,
+        &mut r.changed,
+    );
+    done.map_err(|e| format!("{}: {e}", r.path.display()))?;
+    r.bytes = t.commit().map_err(|e| e.msg)?;
+    Ok(())
+}
+
+const FIX: &str = "put the packaged file back (or set rollback_keep = 0)";
+
+/// Lead, signature header, main header (`head`), then the payload. `changed`: files other
+/// than %config whose digest is not the header's (carried as they are now).
+fn write(
+    z: &mut Enc,
+    head: [&[u8]; 4],
+    files: &[F],
+    root: &Path,
+    changed: &mut Vec<String>,
+) -> io::Result<()> {
+    for part in head {
+        z.w.write_all(part)?;
+    }
+    z.frame(true)?;
+    let end = F {
+        n: [0; 6],
+        s: ["", "", "TRAILER!!!"],
+        nlink: 1,
+        data: false,
+    };
+    for f in files.iter().chain([&end]) {
+        let [digest, link, path] = f.s;
+        // What rpm reads from the payload: the header's size for files (with the data) and
+        // symlink targets, nothing for the rest.
+        let kind = f.n[1] & 0o170000;
+        let size = if (kind == REG && f.data) || kind == LNK {
+            f.n[2]
+        } else {
+            0
+        };
+        // cpio "newc": ino, mode, uid, gid, nlink, mtime, size, dev, rdev, name size, check.
+        let dot = usize::from(kind != 0);
+        let mut h = *b"070701";
+        z.write(&h)?;
+        for x in [
+            f.n[3],
+            f.n[1],
+            0,
+            0,
+            f.nlink,
+            f.n[5],
+            size,
+            0,
+            0,
+            0,
+            0,
+            (path.len() + dot + 1) as u64,
+            0,
+        ] {
+            let mut d = [0u8; 8];
+            for (i, c) in d.iter_mut().enumerate() {
+                *c = b"0123456789abcdef"[(x >> (28 - 4 * i)) as usize & 15];
+            }
+            z.write(&d)?;
+        }
+        h = *b"./\0\0\0\0";
+        z.write(&h[..dot])?;
+        z.write(path.as_bytes())?;
+        z.write(&h[2..3 + (4 - (110 + dot + path.len() + 1) % 4) % 4])?;
+        if kind == LNK {
+            z.write(link.as_bytes())?;
+        } else if size > 0 {
+            let mut file = File::open(super::db::resolve(root, path, false)?)?;
+            let config = f.n[0] & CONFIG != 0;
+            if file.metadata()?.len() != size && !config {
+                return Err(io::Error::other(format!(
+                    "{path} changed while preserving; run again"
+                )));
+            }
+            // A %config file is cut or zero-padded to the packaged size.
+            let sum = z.copy(&mut file, size)?;
+            // Digests other than sha256 (md5 of old packages) are not checked.
+            if digest.len() == 64 && sum != digest {
+                log::warn!("{path} differs from its package (config: {config}); carried as it is");
+                if !config {
+                    changed.push(path.to_string());
+                }
+            }
+        }
+        z.write(&h[2..2 + (4 - size as usize % 4) % 4])?;
+    }
+    z.frame(false)
+}
+
+/// A gzip (`g`), xz (`x`) or zstd (`z`) stream that stores its data uncompressed, in blocks of
+/// up to [`CHUNK`] bytes: gzip stored deflate blocks + CRC32; xz LZMA2 uncompressed chunks,
+/// check type None (CRC32 only in headers and index); zstd raw blocks, no checksum.
+pub(crate) struct Enc<'a> {
+    w: &'a mut BufWriter<File>,
+    kind: u8,
+    buf: Vec<u8>,
+    table: [u32; 256],
+    crc: u32,
+    total: u64,
+    /// xz: bytes of the block's data so far (chunk headers included).
+    packed: u64,
+}
+
+impl<'a> Enc<'a> {
+    pub fn new(w: &'a mut BufWriter<File>, kind: u8) -> Enc<'a> {
+        let mut table = [0u32; 256];
+        for (i, t) in table.iter_mut().enumerate() {
+            *t = (0..8).fold(i as u32, |c, _| {
+                (c >> 1) ^ (0xedb8_8320 & (c & 1).wrapping_neg())
+            });
+        }
+        Enc {
+            w,
+            kind,
+            buf: Vec::with_capacity(CHUNK),
+            table,
+            crc: 0,
+            total: 0,
+            packed: 0,
+        }
+    }
+
+    fn crc32(&self, c: u32, d: &[u8]) -> u32 {
+        !d.iter().fold(!c, |c, &b| {
+            self.table[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
+        })
+    }
+
+    /// `d` followed by its CRC32 (little-endian).
+    fn with_crc(&self, mut d: Vec<u8>) -> Vec<u8> {
+        d.extend(self.crc32(0, &d).to_le_bytes());
+        d
+    }
+
+    pub fn write(&mut self, mut d: &[u8]) -> io::Result<()> {
+        while !d.is_empty() {
+            let n = d.len().min(CHUNK - self.buf.len());
+            self.buf.extend_from_slice(&d[..n]);
+            d = &d[n..];
+            self.block(CHUNK)?;
+        }
+        Ok(())
+    }
+
+    /// Copy `n` bytes of `r` (zero-padded past its end) through the block buffer; returns
+    /// their sha256 (hex).
+    fn copy(&mut self, r: &mut File, mut n: u64) -> io::Result<String> {
+        let mut sha = Sha256::new();
+        while n > 0 {
+            let at = self.buf.len();
+            let k = (CHUNK - at).min(n as usize);
+            self.buf.resize(at + k, 0);
+            let got = match r.read(&mut self.buf[at..])? {
+                0 => k,
+                g => g,
+            };
+            self.buf.truncate(at + got);
+            sha.update(&self.buf[at..]);
+            n -= got as u64;
+            self.block(CHUNK)?;
+        }
+        Ok(hex(&sha.finalize()))
+    }
+
+    /// Write out the buffered block when it holds at least `min` bytes (and any).
+    fn block(&mut self, min: usize) -> io::Result<()> {
+        let n = self.buf.len();
+        if n == 0 || n < min {
+            return Ok(());
+        }
+        let l = n as u16;
+        let (a, b, m) = (l.to_le_bytes(), (!l).to_le_bytes(), (l - 1).to_be_bytes());
+        let h: &[u8] = match self.kind {
+            b'g' => {
+                self.crc = self.crc32(self.crc, &self.buf);
+                &[0, a[0], a[1], b[0], b[1]]
+            }
+            b'x' => {
+                self.packed += 3 + n as u64;
+                &[if self.total == 0 { 1 } else { 2 }, m[0], m[1]]
+            }
+            _ => &(u32::from(l) << 3).to_le_bytes()[..3],
+        };
+        self.w.write_all(h)?;
+        self.w.write_all(&self.buf)?;
+        self.total += n as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// The stream's start (`true`) or, after the last data, its end.
+    pub fn frame(&mut self, start: bool) -> io::Result<()> {
+        self.block(1)?;
+        let out = match (self.kind, start) {
+            (b'g', true) => vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff],
+            (b'g', _) => {
+                let mut v = vec![1, 0, 0, 0xff, 0xff];
+                v.extend(self.crc.to_le_bytes());
+                v.extend((self.total as u32).to_le_bytes());
+                v
+            }
+            (b'x', true) => {
+                // Stream header (check None), block header: one filter, LZMA2, dict 64 KiB.
+                let mut v = vec![0xfd, b'7', b'z', b'X', b'Z', 0];
+                v.extend(self.with_crc(vec![0, 0]));
+                v.extend(self.with_crc(vec![2, 0, 0x21, 1, 8, 0, 0, 0]));
+                v
+            }
+            (b'x', _) => {
+                // End of LZMA2 data, block padding, index (one record), stream footer.
+                let end = self.packed + 1;
+                let mut v = vec![0u8; 1 + ((4 - end % 4) % 4) as usize];
+                let mut idx = vec![0, 1];
+                for mut x in [12 + end, self.total] {
+                    while x >= 0x80 {
+                        idx.push(x as u8 | 0x80);
+                        x >>= 7;
+                    }
+                    idx.push(x as u8);
+                }
+                idx.resize(idx.len().div_ceil(4) * 4, 0);
+                let back = (idx.len() / 4) as u32;
+                v.extend(self.with_crc(idx));
+                let mut foot = back.to_le_bytes().to_vec();
+                foot.extend([0, 0]);
+                let foot = self.with_crc(foot);
+                v.extend(&foot[6..]);
+                v.extend(&foot[..6]);
+                v.extend(b"YZ");
+                v
+            }
+            (_, true) => vec![0x28, 0xb5, 0x2f, 0xfd, 0, 0x30],
+            _ => vec![1, 0, 0],
+        };
+        self.w.write_all(&out)
+    }
+}
+
+/// After a restore: for the %config files of `names` recorded in `set`, a `.rpmsave` that was
+/// not there at preserve time holds the admin's text (rpm moved it aside, for this restore or
+/// for the cycle's upgrade): it goes back in place; a new `.rpmnew` (the undone version's
+/// default, or the cut copy the repack carried) is removed.
+pub fn settle_configs(root: &Path, set: &crate::support::kv::Record, names: &[String]) {
+    for item in set.get("conffiles").unwrap_or("").split('\t') {
+        let w: Vec<&str> = item.split(' ').collect();
+        if let [n, _, path, had] = w[..] {
+            if names.iter().any(|x| x == n) {
+                let p = |x| super::db::resolve(root, &format!("{path}{x}"), false);
+                if let (Ok(save), Ok(new), Ok(dest)) = (p(".rpmsave"), p(".rpmnew"), p("")) {
+                    if !had.contains('s') && std::fs::rename(save, dest).is_ok() {
+                        log::info!("{n}: put the admin's {path} back");
+                    }
+                    if !had.contains('n') {
+                        let _ = std::fs::remove_file(new);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_check_value() {
+        let f = tempfile();
+        let mut w = BufWriter::new(File::create(&f).unwrap());
+        let z = Enc::new(&mut w, b'g');
+        assert_eq!(z.crc32(0, b"123456789"), 0xcbf4_3926);
+    }
+
+    fn tempfile() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("ep-rpm-enc-{}", std::process::id()))
+    }
+
+    #[test]
+    fn stored_gzip_inflates_to_the_data() {
+        let f = tempfile();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        {
+            let mut w = BufWriter::new(File::create(&f).unwrap());
+            let mut z = Enc::new(&mut w, b'g');
+            z.frame(true).unwrap();
+            z.write(&data[..70_000]).unwrap();
+            z.write(&data[70_000..]).unwrap();
+            z.frame(false).unwrap();
+            w.flush().unwrap();
+        }
+        let gz = std::fs::read(&f).unwrap();
+        let _ = std::fs::remove_file(&f);
+        let n = gz.len();
+        let raw = miniz_oxide::inflate::decompress_to_vec(&gz[10..n - 8]).unwrap();
+        assert_eq!(raw, data);
+        let crc = u32::from_le_bytes(gz[n - 8..n - 4].try_into().unwrap());
+        let mut w = BufWriter::new(File::create(&f).unwrap());
+        assert_eq!(crc, Enc::new(&mut w, b'g').crc32(0, &data));
+        let _ = std::fs::remove_file(&f);
+    }
+}
