@@ -449,3 +449,39 @@ fn a_cycle_that_fails_to_install_three_times_is_refused() {
     apply(&node, &fixed).expect(0);
     assert_eq!(app_version(&node).as_deref(), Some("1.4 ii"));
 }
+
+/// A cached copy in the rollback pool is reused only when a kept set recorded its bytes: a
+/// copy swapped since (same name, other contents) is packed again, not carried into the next set.
+#[test]
+fn a_swapped_pool_copy_is_packed_again_not_reused() {
+    let f = fleet("rb-reuse");
+    let node = f.node_at(&f.dir.join("n"), "");
+    apply(&node, &f.c1()).expect(0);
+    // c2's preinst fails: dpkg leaves ep-app 1.0 alone, and the copy preserved for it stays in
+    // the pool with no set naming it.
+    let c2 = f.debs("c2", 2, &[Deb::new("ep-app", "1.1").preinst("exit 1")], &[]);
+    apply(&node, &c2).expect(6);
+    let pool = node.state_dir.join("rollback/pool");
+    let copy = std::fs::read_dir(&pool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ep-app_1.0")
+        })
+        .expect("ep-app 1.0 preserved");
+    let mut evil = Deb::new("ep-app", "1.0");
+    evil.files = vec![(
+        "/usr/share/edgepatch-test/ep-app".into(),
+        "EVIL swapped content\n".into(),
+    )];
+    std::fs::copy(evil.build(&f.dir.join("evil")), &copy).unwrap();
+    let c3 = f.debs("c3", 3, &[Deb::new("ep-app", "1.2")], &[]);
+    apply(&node, &c3).expect(0);
+    node.agent(&["rollback"]).expect(0);
+    assert_eq!(app_version(&node).as_deref(), Some("1.0 ii"));
+    let text = std::fs::read_to_string(node.root.join("usr/share/edgepatch-test/ep-app")).unwrap();
+    assert_eq!(text, "ep-app 1.0\n");
+}

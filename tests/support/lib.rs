@@ -176,6 +176,7 @@ pub struct Deb<'a> {
     pub version: &'a str,
     pub depends: &'a str,
     pub postinst: Option<&'a str>,
+    pub preinst: Option<&'a str>,
     /// More control fields, each line ending in '\n' (e.g. "Conflicts: x\nReplaces: x\n").
     pub control: &'a str,
     /// (absolute path inside the root, contents)
@@ -191,6 +192,7 @@ impl<'a> Deb<'a> {
             version,
             depends: "",
             postinst: None,
+            preinst: None,
             control: "",
             files: vec![(
                 format!("/usr/share/edgepatch-test/{name}"),
@@ -217,6 +219,11 @@ impl<'a> Deb<'a> {
         self
     }
 
+    pub fn preinst(mut self, script: &'a str) -> Self {
+        self.preinst = Some(script);
+        self
+    }
+
     pub fn postinst(mut self, script: &'a str) -> Self {
         self.postinst = Some(script);
         self
@@ -236,9 +243,10 @@ impl<'a> Deb<'a> {
         }
         control += self.control;
         std::fs::write(work.join("DEBIAN/control"), control).unwrap();
-        if let Some(script) = self.postinst {
+        for (name, script) in [("preinst", self.preinst), ("postinst", self.postinst)] {
+            let Some(script) = script else { continue };
             use std::os::unix::fs::PermissionsExt;
-            let p = work.join("DEBIAN/postinst");
+            let p = work.join("DEBIAN").join(name);
             std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         }

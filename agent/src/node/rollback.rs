@@ -321,8 +321,11 @@ pub fn finish_rollback(ctx: &Ctx, journal: &Record, info: &mut RunInfo) -> Resul
         },
     }
     refuse_cycle(sd, &cycle);
+    let done = !(account.contains("FAILED") || incomplete(&account));
     let mut last = journal.clone();
-    last.set("rolled_back", "yes");
+    // An incomplete restore leaves the set live: the next `rollback` tries it again instead of
+    // saying "already rolled back" over packages still at the new versions.
+    last.set("rolled_back", if done { "yes" } else { "no" });
     for k in ["op", "step"] {
         last.fields.retain(|(key, _)| key != k);
     }
@@ -332,7 +335,7 @@ pub fn finish_rollback(ctx: &Ctx, journal: &Record, info: &mut RunInfo) -> Resul
             .map_err(|e| Error::io(Exit::Usage, Path::new(p), e))?;
         // last-apply (the snapshot backends' record) is done with too when it is this cycle.
         if let Ok(Some(mut la)) = Record::load(&lp) {
-            if la.get("cycle") == Some(cycle.as_str()) {
+            if la.get("cycle") == Some(cycle.as_str()) && done {
                 la.set("rolled_back", "yes");
                 la.save(&lp).map_err(|e| Error::io(Exit::Usage, &lp, e))?;
             }
@@ -342,7 +345,7 @@ pub fn finish_rollback(ctx: &Ctx, journal: &Record, info: &mut RunInfo) -> Resul
     }
     let jp = crate::node::status::journal_path(sd);
     let _ = std::fs::remove_file(&jp);
-    if account.contains("FAILED") || incomplete(&account) {
+    if !done {
         return Err(Error::new(
             Exit::InstallFailed,
             format!("rollback of {cycle}: {account}"),

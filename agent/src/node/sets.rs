@@ -65,7 +65,22 @@ pub fn preserve(
             Some((n, a)) => (n, Some(a)),
             None => (c.name.as_str(), None),
         };
-        let r = pm.repack(name, arch, &pool)?;
+        let mut r = pm.repack(name, arch, &pool)?;
+        // A cached copy is reused only when a kept set recorded exactly these bytes; one left by
+        // a failed attempt (or put there by someone else) is packed again.
+        let mut sum = crate::node::rebuild::file_sha256(&r.path)
+            .map_err(|e| Error::io(Exit::InstallFailed, &r.path, e))?;
+        if r.reused && !recorded(sd, &r.path, &crate::node::preserve::hex(&sum)) {
+            log::info!(
+                "{}: not a copy a kept set recorded; packing it again",
+                r.path.display()
+            );
+            std::fs::remove_file(&r.path)
+                .map_err(|e| Error::io(Exit::InstallFailed, &r.path, e))?;
+            r = pm.repack(name, arch, &pool)?;
+            sum = crate::node::rebuild::file_sha256(&r.path)
+                .map_err(|e| Error::io(Exit::InstallFailed, &r.path, e))?;
+        }
         if r.version != *old {
             return Err(Error::new(
                 Exit::InstallFailed,
@@ -76,9 +91,7 @@ pub fn preserve(
             crate::support::testhook::pause_point("preserved-one");
         }
         let file = r.path.file_name().unwrap_or_default().to_string_lossy();
-        // The sha256 of the copy as it is now (also when reused): restore installs only these bytes.
-        let sum = crate::node::rebuild::file_sha256(&r.path)
-            .map_err(|e| Error::io(Exit::InstallFailed, &r.path, e))?;
+        // The sha256 of the copy as it is now: restore installs only these bytes.
         files.push(format!(
             "{name}={old}={file}={}",
             crate::node::preserve::hex(&sum)
@@ -163,6 +176,14 @@ fn entries(set: &Record) -> impl Iterator<Item = PoolEntry<'_>> {
             sha256: p.next(),
         })
     })
+}
+
+/// Does a kept set name pool file `path` with sha256 `hex`?
+fn recorded(sd: &Path, path: &Path, hex: &str) -> bool {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    list(sd)
+        .iter()
+        .any(|(_, r)| entries(r).any(|e| e.file == name && e.sha256 == Some(hex)))
 }
 
 /// The preserved file of `name` at `version` in `set`: Ok(None) when the set has none, Err
