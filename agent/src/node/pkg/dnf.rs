@@ -274,19 +274,16 @@ pub fn parse_plan(out: &str) -> Vec<Change> {
         if !old && !matches!(what, "installed" | "an upgrade" | "a downgrade") {
             continue;
         }
-        let i = match v.iter().position(|c| c.name == name) {
-            Some(i) => i,
-            None => {
-                v.push(Change {
-                    name: name.to_string(),
-                    old: None,
-                    new: None,
-                });
-                v.len() - 1
-            }
-        };
-        let slot = if old { &mut v[i].old } else { &mut v[i].new };
-        *slot = Some(evr.to_string());
+        if !v.iter().any(|c| c.name == name) {
+            v.push(Change {
+                name: name.to_string(),
+                old: None,
+                new: None,
+            });
+        }
+        if let Some(c) = v.iter_mut().find(|c| c.name == name) {
+            *(if old { &mut c.old } else { &mut c.new }) = Some(evr.to_string());
+        }
     }
     v
 }

@@ -35,8 +35,9 @@ const FORMAT: &str = "edgepatch-preserve-rpm-1\n";
 const MAGIC: [u8; 8] = [0x8e, 0xad, 0xe8, 1, 0, 0, 0, 0];
 /// Largest block every format can store as is (gzip stored blocks hold 65535 bytes).
 const CHUNK: usize = 65535;
-const QF: &str = "%{NAME}-%{VERSION}-%{RELEASE}\n%{EPOCHNUM}:%{VERSION}-%{RELEASE}\n%{ARCH}\n\
-%{PAYLOADCOMPRESSOR}\n[%{FILEFLAGS}\t%{FILEMODES}\t%{LONGFILESIZES}\t%{FILEINODES}\t\
+/// (FILESIZES: files over 4 GiB, which cpio "newc" cannot hold, are refused anyway.)
+const QF: &str = "%{NVR}\n%{EVR}\n%{ARCH}\n\
+%{PAYLOADCOMPRESSOR}\n[%{FILEFLAGS}\t%{FILEMODES}\t%{FILESIZES}\t%{FILEINODES}\t\
 %{FILESTATES}\t%{FILEMTIMES}\t%{FILEDIGESTS}\t%{FILELINKTOS}\t%{FILENAMES}\n]\
 %{HEADERIMMUTABLE:base64}\nEND\n";
 /// Lead (magic, v3.0, binary, archnum 1: rpm ignores it, name, osnum 1, header-style
@@ -155,7 +156,8 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
     };
     let be = |i| {
         main.get(i..i + 4)
-            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, |b| u32::from_be_bytes(b) as usize)
     };
     if kind == 0 || ends != 1 || !ok || main.len() != 16 + 16 * be(8) + be(12) {
         return Err(format!(
@@ -169,9 +171,10 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
     let mut need = 4096 + main.len() as u64;
     for i in 0..files.len() {
         // Hardlink sets: rpm wants the content with the set's last member, in header order.
-        let same = |j: &usize| files[*j].n[1] & 0o170000 == REG && files[*j].n[3] == files[i].n[3];
-        let count = (0..files.len()).filter(same).count() as u64;
-        let last = !(i + 1..files.len()).any(|j| same(&j));
+        let ino = files[i].n[3];
+        let same = |g: &F| g.n[1] & 0o170000 == REG && g.n[3] == ino;
+        let count = files.iter().filter(|g| same(g)).count() as u64;
+        let last = !files[i + 1..].iter().any(same);
         let f = &mut files[i];
         (f.nlink, f.data) = (count, last);
         need += 128 + f.n[2] + f.n[2] / 4096;
@@ -216,7 +219,7 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
     }
     r.identity = h.finalize().into();
     r.path
-        .push(format!("{nevr}.{arch}.{}.rpm", &hex(&r.identity)[..16]));
+        .push(format!("{nevr}.{arch}.{}.rpm", hex(&r.identity[..8])));
     r.version = evr.strip_prefix("0:").unwrap_or(evr).to_string();
     r.arch = arch.to_string();
     if let Ok(m) = std::fs::metadata(&r.path) {
@@ -246,6 +249,14 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
     Ok(())
 }
 
+/// The cpio trailer entry.
+const END: F = F {
+    n: [0; 6],
+    s: ["", "", "TRAILER!!!"],
+    nlink: 1,
+    data: false,
+};
+
 const FIX: &str = "put the packaged file back (or set rollback_keep = 0)";
 
 /// Lead, signature header, main header (`head`), then the payload. `changed`: files other
@@ -261,13 +272,7 @@ fn write(
         z.w.write_all(part)?;
     }
     z.frame(true)?;
-    let end = F {
-        n: [0; 6],
-        s: ["", "", "TRAILER!!!"],
-        nlink: 1,
-        data: false,
-    };
-    for f in files.iter().chain([&end]) {
+    for f in files.iter().chain([&END]) {
         let [digest, link, path] = f.s;
         // What rpm reads from the payload: the header's size for files (with the data) and
         // symlink targets, nothing for the rest.
@@ -279,8 +284,7 @@ fn write(
         };
         // cpio "newc": ino, mode, uid, gid, nlink, mtime, size, dev, rdev, name size, check.
         let dot = usize::from(kind != 0);
-        let mut h = *b"070701";
-        z.write(&h)?;
+        let mut h = b"070701".to_vec();
         for x in [
             f.n[3],
             f.n[1],
@@ -296,16 +300,15 @@ fn write(
             (path.len() + dot + 1) as u64,
             0,
         ] {
-            let mut d = [0u8; 8];
-            for (i, c) in d.iter_mut().enumerate() {
-                *c = b"0123456789abcdef"[(x >> (28 - 4 * i)) as usize & 15];
+            for i in 0..8 {
+                h.push(b"0123456789abcdef"[(x >> (28 - 4 * i)) as usize & 15]);
             }
-            z.write(&d)?;
         }
-        h = *b"./\0\0\0\0";
-        z.write(&h[..dot])?;
-        z.write(path.as_bytes())?;
-        z.write(&h[2..3 + (4 - (110 + dot + path.len() + 1) % 4) % 4])?;
+        h.extend(&b"."[..dot]);
+        h.extend(path.as_bytes());
+        // The name's NUL, then padding to 4 bytes.
+        h.resize((h.len() + 4) & !3, 0);
+        z.write(&h)?;
         if kind == LNK {
             z.write(link.as_bytes())?;
         } else if size > 0 {
@@ -320,13 +323,15 @@ fn write(
             let sum = z.copy(&mut file, size)?;
             // Digests other than sha256 (md5 of old packages) are not checked.
             if digest.len() == 64 && sum != digest {
-                log::warn!("{path} differs from its package (config: {config}); carried as it is");
+                log::warn!(
+                    "{path} differs from its package; carried as it is (%config: cut to size)"
+                );
                 if !config {
                     changed.push(path.to_string());
                 }
             }
         }
-        z.write(&h[2..2 + (4 - size as usize % 4) % 4])?;
+        z.write(&[0; 3][..(4 - size as usize % 4) % 4])?;
     }
     z.frame(false)
 }
@@ -370,10 +375,10 @@ impl<'a> Enc<'a> {
         })
     }
 
-    /// `d` followed by its CRC32 (little-endian).
-    fn with_crc(&self, mut d: Vec<u8>) -> Vec<u8> {
-        d.extend(self.crc32(0, &d).to_le_bytes());
-        d
+    /// Append `d` and its CRC32 (little-endian) to `v`.
+    fn put_crc(&self, v: &mut Vec<u8>, d: &[u8]) {
+        v.extend_from_slice(d);
+        v.extend(self.crc32(0, d).to_le_bytes());
     }
 
     pub fn write(&mut self, mut d: &[u8]) -> io::Result<()> {
@@ -435,25 +440,24 @@ impl<'a> Enc<'a> {
     /// The stream's start (`true`) or, after the last data, its end.
     pub fn frame(&mut self, start: bool) -> io::Result<()> {
         self.block(1)?;
-        let out = match (self.kind, start) {
-            (b'g', true) => vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff],
+        let mut v = Vec::with_capacity(64);
+        match (self.kind, start) {
+            (b'g', true) => v.extend([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]),
             (b'g', _) => {
-                let mut v = vec![1, 0, 0, 0xff, 0xff];
+                v.extend([1, 0, 0, 0xff, 0xff]);
                 v.extend(self.crc.to_le_bytes());
                 v.extend((self.total as u32).to_le_bytes());
-                v
             }
             (b'x', true) => {
                 // Stream header (check None), block header: one filter, LZMA2, dict 64 KiB.
-                let mut v = vec![0xfd, b'7', b'z', b'X', b'Z', 0];
-                v.extend(self.with_crc(vec![0, 0]));
-                v.extend(self.with_crc(vec![2, 0, 0x21, 1, 8, 0, 0, 0]));
-                v
+                v.extend(*b"\xfd7zXZ\0");
+                self.put_crc(&mut v, &[0, 0]);
+                self.put_crc(&mut v, &[2, 0, 0x21, 1, 8, 0, 0, 0]);
             }
             (b'x', _) => {
                 // End of LZMA2 data, block padding, index (one record), stream footer.
                 let end = self.packed + 1;
-                let mut v = vec![0u8; 1 + ((4 - end % 4) % 4) as usize];
+                v.resize(1 + ((4 - end % 4) % 4) as usize, 0);
                 let mut idx = vec![0, 1];
                 for mut x in [12 + end, self.total] {
                     while x >= 0x80 {
@@ -463,20 +467,17 @@ impl<'a> Enc<'a> {
                     idx.push(x as u8);
                 }
                 idx.resize(idx.len().div_ceil(4) * 4, 0);
-                let back = (idx.len() / 4) as u32;
-                v.extend(self.with_crc(idx));
-                let mut foot = back.to_le_bytes().to_vec();
+                self.put_crc(&mut v, &idx);
+                let mut foot = ((idx.len() / 4) as u32).to_le_bytes().to_vec();
                 foot.extend([0, 0]);
-                let foot = self.with_crc(foot);
-                v.extend(&foot[6..]);
-                v.extend(&foot[..6]);
-                v.extend(b"YZ");
-                v
+                v.extend(self.crc32(0, &foot).to_le_bytes());
+                v.extend(foot);
+                v.extend(*b"YZ");
             }
-            (_, true) => vec![0x28, 0xb5, 0x2f, 0xfd, 0, 0x30],
-            _ => vec![1, 0, 0],
-        };
-        self.w.write_all(&out)
+            (_, true) => v.extend([0x28, 0xb5, 0x2f, 0xfd, 0, 0x30]),
+            _ => v.extend([1, 0, 0]),
+        }
+        self.w.write_all(&v)
     }
 }
 
@@ -491,8 +492,8 @@ pub fn settle_configs(root: &Path, set: &crate::support::kv::Record, names: &[St
             if names.iter().any(|x| x == n) {
                 let p = |x| super::db::resolve(root, &format!("{path}{x}"), false);
                 if let (Ok(save), Ok(new), Ok(dest)) = (p(".rpmsave"), p(".rpmnew"), p("")) {
-                    if !had.contains('s') && std::fs::rename(save, dest).is_ok() {
-                        log::info!("{n}: put the admin's {path} back");
+                    if !had.contains('s') {
+                        let _ = std::fs::rename(save, dest);
                     }
                     if !had.contains('n') {
                         let _ = std::fs::remove_file(new);
