@@ -457,3 +457,30 @@ fn rpm_kill_during_preserve_leaves_the_image_and_the_next_apply_works() {
     node.agent(&["rollback"]).expect(0);
     assert_eq!(versions(&node.root, names), before);
 }
+
+/// rpm exits 0 when a scriptlet fails, in the restore as in the install: the image package's
+/// %post failing while it is put back makes the rollback exit 6 naming the scriptlet, not "ok".
+#[test]
+fn rpm_a_scriptlet_failing_during_the_restore_makes_rollback_exit_6() {
+    let Some(f) = fleet("rpm-restore-post") else {
+        return;
+    };
+    let node = f.node("n");
+    image(
+        &f,
+        &node,
+        &[
+            rpm_shell(),
+            Rpm::new("ep-lib", "1.0").post("[ -e /post-fails ] && exit 1; exit 0"),
+        ],
+    );
+    let c1 = f.rpms("c1", 1, &[Rpm::new("ep-lib", "2.0")], &[]);
+    apply(&node, &c1).expect(0);
+    std::fs::write(node.root.join("post-fails"), "").unwrap();
+    let r = node.agent(&["rollback"]).expect(6);
+    let all = r.stdout.clone() + &r.stderr;
+    assert!(all.contains("restore incomplete"), "{all}");
+    assert!(all.contains("scriptlet"), "{all}");
+    let st = node.agent(&["status"]).expect(0).stdout;
+    assert!(st.contains("ATTENTION"), "{st}");
+}

@@ -149,14 +149,20 @@ pub fn restore_packages(
     if let Err(e) = pm.verify(&from_set) {
         bad.push(e);
     }
+    // The package manager's own failure of the last pass (a scriptlet rpm did not count as an
+    // error, say) stands even when versions and database look right.
+    if let (true, Err(e)) = (bad.is_empty(), &done) {
+        bad.push(e.clone());
+    }
     let attention = attention_path(sd);
     if !bad.is_empty() {
         let mut msg = format!("restore incomplete: {}", bad.join(", "));
         for why in &damaged {
             msg += &format!("; {why}");
         }
-        if let Err(e) = done {
-            msg += &format!("; {e}");
+        match &done {
+            Err(e) if !bad.contains(e) => msg += &format!("; {e}"),
+            _ => {}
         }
         let _ = crate::support::fsutil::write_atomic(&attention, msg.as_bytes(), false);
         return msg;

@@ -156,16 +156,7 @@ impl PackageManager for Dnf {
             .arg("install")
             .args(Self::spec_args(specs))
             .run()?;
-        // rpm and dnf exit 0 when a %post (or %preun, %postun, trigger) scriptlet fails; the
-        // package is then half set up, so it counts as a failed install and is undone. dnf -q
-        // says `Error in POSTIN scriptlet in rpm package NAME`, rpm `%post(NEVRA) scriptlet
-        // failed, exit status N`.
-        match (out.stdout.lines().chain(out.stderr.lines()))
-            .find(|l| l.contains("scriptlet") && (l.contains("Error") || l.contains("failed")))
-        {
-            Some(l) => Err(l.trim().to_string()),
-            None => Ok(()),
-        }
+        scriptlet_failure(&out)
     }
 
     fn repair(&self) -> R<()> {
@@ -180,11 +171,20 @@ impl PackageManager for Dnf {
         // pre-patch set was consistent, so the reinstall skips them too. Repacked copies
         // carry re-encoded payloads and files as they were (admin edits): no digest checks
         // (the rollback set's sha256 guards the file).
+        // Both steps run even when the first fails (what can be put back is), and a scriptlet
+        // that failed in either makes the restore incomplete, as it does an install.
+        let mut first = Ok(());
         if !remove.is_empty() {
-            self.rpm().args(["-e", "--nodeps"]).args(remove).run()?;
+            first = self
+                .rpm()
+                .args(["-e", "--nodeps"])
+                .args(remove)
+                .run()
+                .and_then(|o| scriptlet_failure(&o));
         }
         if !files.is_empty() {
-            self.rpm()
+            let out = self
+                .rpm()
                 .args([
                     "-U",
                     "--oldpackage",
@@ -195,8 +195,9 @@ impl PackageManager for Dnf {
                 .args(["--nodigest", "--nofiledigest"])
                 .args(files)
                 .run()?;
+            scriptlet_failure(&out)?;
         }
-        Ok(())
+        first
     }
 
     fn repack(
@@ -249,6 +250,18 @@ impl PackageManager for Dnf {
             Some(w) => Err(format!("rpmdb holds two versions of {}", w[0])),
             None => Ok(()),
         }
+    }
+}
+
+/// rpm and dnf exit 0 when a %post (or %preun, %postun, trigger) scriptlet fails; the package
+/// is then half set up. dnf -q says `Error in POSTIN scriptlet in rpm package NAME`, rpm
+/// `%post(NEVRA) scriptlet failed, exit status N`.
+fn scriptlet_failure(out: &crate::support::cmd::Output) -> R<()> {
+    match (out.stdout.lines().chain(out.stderr.lines()))
+        .find(|l| l.contains("scriptlet") && (l.contains("Error") || l.contains("failed")))
+    {
+        Some(l) => Err(l.trim().to_string()),
+        None => Ok(()),
     }
 }
 
