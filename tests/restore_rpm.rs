@@ -367,15 +367,23 @@ fn rpm_repack_is_deterministic_and_each_payload_compressor_round_trips() {
         assert_eq!(v.stdout.lines().count(), 1, "{}", v.stdout);
         assert!(v.stdout.contains("5") && v.stdout.ends_with("/usr/share/ep-rich/big\n"));
 
-        // A listed file missing on disk: rpm could not install the copy, so no copy is made.
-        std::fs::remove_file(root.join("usr/share/ep-rich/empty")).unwrap();
-        let e = repack(rpm(&root), &root, "ep-rich", &a).unwrap_err();
-        assert!(
-            e.msg
-                .contains("/usr/share/ep-rich/empty is listed but not installed"),
-            "{}",
-            e.msg
-        );
+        // A listed file missing on disk is carried as zeros of its packaged size (rpm wants
+        // every listed file in the payload) and named for the set to delete after a restore.
+        std::fs::remove_file(root.join("usr/share/ep-rich/big")).unwrap();
+        let g = repack(rpm(&root), &root, "ep-rich", &b).unwrap();
+        assert_eq!(g.missing, ["/usr/share/ep-rich/big"], "{payload}");
+        assert_eq!(g.whole, [("/usr/share/ep-rich/big".to_string(), false)]);
+        let again = fresh.with_extension("gone");
+        std::fs::create_dir_all(&again).unwrap();
+        let u = run(Command::new("rpm")
+            .arg("--root")
+            .arg(&again)
+            .args(["-U", "--nodeps", "--nosignature", "--nodigest"])
+            .arg("--nofiledigest")
+            .arg(&g.path));
+        assert_eq!(u.code, 0, "{payload}: {}", u.stderr);
+        let big = std::fs::read(again.join("usr/share/ep-rich/big")).unwrap();
+        assert!(big.len() == bytes.len() && big.iter().all(|b| *b == 0));
     }
 }
 
@@ -483,4 +491,190 @@ fn rpm_a_scriptlet_failing_during_the_restore_makes_rollback_exit_6() {
     assert!(all.contains("scriptlet"), "{all}");
     let st = node.agent(&["status"]).expect(0).stdout;
     assert!(st.contains("ATTENTION"), "{st}");
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| format!("<{}: {e}>", p.display()))
+}
+
+/// Files rpm cannot carry in a repack exactly come back exactly, whatever rpm did with them:
+/// the admin adopts a `.rpmnew` after the cycle, a `.rpmsave` was there before it, a %config
+/// path has a space, a packaged file grew or was deleted before the patch (the preserve used to
+/// refuse both), an edit made after the cycle is kept beside, and a mode is kept.
+#[test]
+fn rpm_kept_files_come_back_exactly_whatever_rpm_did_with_them() {
+    let Some(f) = fleet("rpm-whole") else {
+        return;
+    };
+    let node = f.node("n");
+    let data = |v: &'static str| {
+        Rpm::new("ep-data", v).files(
+            Box::leak(
+                format!(
+                    "d=$RPM_BUILD_ROOT/usr/share/ep-data; mkdir -p $d\n\
+                     echo 'grown {v}' > $d/grown; echo 'gone {v}' > $d/gone\n"
+                )
+                .into_boxed_str(),
+            ),
+            "/usr/share/ep-data\n",
+        )
+    };
+    let space = |v: &'static str| {
+        Rpm::new("ep-space", v).files(
+            Box::leak(
+                format!("mkdir -p $RPM_BUILD_ROOT/etc\necho 'space {v}' > \"$RPM_BUILD_ROOT/etc/ep space.conf\"\n")
+                    .into_boxed_str(),
+            ),
+            "%config(noreplace) \"/etc/ep space.conf\"\n",
+        )
+    };
+    image(
+        &f,
+        &node,
+        &[
+            Rpm::new("ep-conf", "1.0").config("/etc/ep-conf.conf", "default 1.0", true),
+            Rpm::new("ep-plain", "1.0").config("/etc/ep-plain.conf", "plain 1.0", false),
+            Rpm::new("ep-later", "1.0").config("/etc/ep-later.conf", "later 1.0", true),
+            space("1.0"),
+            data("1.0"),
+        ],
+    );
+    let etc = node.root.join("etc");
+    let admin = "edited by the admin, longer than the default\n";
+    for c in [
+        "ep-conf.conf",
+        "ep-plain.conf",
+        "ep-later.conf",
+        "ep space.conf",
+    ] {
+        std::fs::write(etc.join(c), admin).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        etc.join("ep-conf.conf"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(etc.join("ep-plain.conf.rpmsave"), "an older save\n").unwrap();
+    let share = node.root.join("usr/share/ep-data");
+    let grown = "grown 1.0, and a line the admin added\n";
+    std::fs::write(share.join("grown"), grown).unwrap();
+    std::fs::remove_file(share.join("gone")).unwrap();
+
+    let c1 = f.rpms(
+        "c1",
+        1,
+        &[
+            Rpm::new("ep-conf", "2.0").config("/etc/ep-conf.conf", "default 2.0", true),
+            Rpm::new("ep-plain", "2.0").config("/etc/ep-plain.conf", "plain 2.0", false),
+            Rpm::new("ep-later", "2.0").config("/etc/ep-later.conf", "later 2.0", true),
+            space("2.0"),
+            data("2.0"),
+        ],
+        &[],
+    );
+    let r = apply(&node, &c1).expect(0);
+    assert!(r.stdout.contains("5 package(s) changed"), "{}", r.stdout);
+    assert_eq!(read(&share.join("gone")), "gone 2.0\n");
+    // After the cycle: the admin adopts the new default of one, edits another again.
+    std::fs::rename(etc.join("ep-conf.conf.rpmnew"), etc.join("ep-conf.conf")).unwrap();
+    std::fs::write(etc.join("ep-later.conf"), "edited after the cycle\n").unwrap();
+
+    let r = node.agent(&["rollback"]).expect(0);
+    assert!(
+        r.stdout
+            .contains("kept the edit made since the cycle as /etc/ep-later.conf.edgepatch-saved"),
+        "{}",
+        r.stdout
+    );
+    let names = &["ep-conf", "ep-plain", "ep-later", "ep-space", "ep-data"];
+    assert!(
+        versions(&node.root, names)
+            .iter()
+            .all(|v| v.ends_with("=1.0-1")),
+        "{:?}",
+        versions(&node.root, names)
+    );
+    for c in [
+        "ep-conf.conf",
+        "ep-plain.conf",
+        "ep-later.conf",
+        "ep space.conf",
+    ] {
+        assert_eq!(read(&etc.join(c)), admin, "{c}");
+    }
+    let mode = std::fs::metadata(etc.join("ep-conf.conf"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(read(&etc.join("ep-plain.conf.rpmsave")), "an older save\n");
+    assert_eq!(
+        read(&etc.join("ep-later.conf.edgepatch-saved")),
+        "edited after the cycle\n"
+    );
+    // The adopted default was no one's edit but the admin's choice: kept beside too.
+    assert_eq!(
+        read(&etc.join("ep-conf.conf.edgepatch-saved")),
+        "default 2.0\n"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&etc)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".rpm"))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["ep-plain.conf.rpmsave"]);
+    assert_eq!(read(&share.join("grown")), grown);
+    assert!(!share.join("gone").exists(), "gone came back");
+    // A second rollback has nothing left to do; the kept files stay as they are.
+    node.agent(&["rollback"]).expect(0);
+    assert_eq!(read(&etc.join("ep space.conf")), admin);
+}
+
+/// kill -9 after rpm put the packages back but before the kept files were written: the next
+/// `rollback` writes them (the packages are already back) and the node ends as before.
+#[test]
+fn rpm_kill_during_the_restore_then_rollback_again_ends_at_the_admins_files() {
+    let Some(f) = fleet("rpm-kill-restore") else {
+        return;
+    };
+    let node = f.node("n");
+    image(
+        &f,
+        &node,
+        &[Rpm::new("ep-plain", "1.0").config("/etc/ep-plain.conf", "plain 1.0", false)],
+    );
+    let conf = node.root.join("etc/ep-plain.conf");
+    let admin = "edited by the admin, longer than the default\n";
+    std::fs::write(&conf, admin).unwrap();
+    let c1 = f.rpms(
+        "c1",
+        1,
+        &[Rpm::new("ep-plain", "2.0").config("/etc/ep-plain.conf", "plain 2.0", false)],
+        &[],
+    );
+    apply(&node, &c1).expect(0);
+    let marker = f.dir.join("paused");
+    let mut cmd = node.command(&["rollback"]);
+    cmd.env("EDGEPATCH_PAUSE_AT", "packages-restored")
+        .env("EDGEPATCH_PAUSE_FILE", &marker);
+    let mut child = spawn_group(cmd);
+    assert!(wait_for_file(&marker, 60));
+    kill_group(&mut child);
+    assert_eq!(
+        rpm_version(&node.root, "ep-plain").as_deref(),
+        Some("1.0-1")
+    );
+    // The boot-time recovery, then the operator's second try.
+    node.agent(&["status"]).expect(0);
+    let r = node.agent(&["rollback"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(read(&conf), admin);
+    assert!(!node.root.join("etc/ep-plain.conf.rpmsave").exists());
+    assert!(!node.root.join("etc/ep-plain.conf.rpmnew").exists());
+    assert_eq!(
+        rpm_version(&node.root, "ep-plain").as_deref(),
+        Some("1.0-1")
+    );
 }

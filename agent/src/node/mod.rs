@@ -22,3 +22,4 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod trust;
+pub mod whole;

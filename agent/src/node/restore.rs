@@ -5,6 +5,7 @@ use crate::node::ctx::Ctx;
 use crate::node::pkg::PackageManager;
 use crate::node::sets;
 use crate::node::store;
+use crate::node::whole;
 use crate::support::kv::Record;
 use std::path::PathBuf;
 
@@ -102,6 +103,18 @@ pub fn restore_packages(
         }
     }
     let kept = pm.edited_config(&remove);
+    // rpm family: edits the admin made since the cycle, kept beside before rpm touches them.
+    let mut later = Vec::new();
+    if let (Some(set), "dnf") = (set, pm.name()) {
+        match whole::save_later_edits(&ctx.config.root, set, &from_set) {
+            Ok(v) => later = v,
+            Err(e) => {
+                return format!(
+                    "restore incomplete: nothing restored: cannot keep a later edit: {e}"
+                )
+            }
+        }
+    }
     let mut done = pm.restore(&files, &remove);
     // dpkg installs in command-line order and refuses a package whose Pre-Depends pins an exact
     // version of another one not yet put back (libpam-modules on libpam-modules-bin): go again
@@ -139,14 +152,30 @@ pub fn restore_packages(
             }
         }
     }
-    // rpm moved the admin's %config edits aside (.rpmsave) or left defaults beside them.
+    // rpm family: the files kept whole (%config with .rpmnew / .rpmsave, files carried cut)
+    // written back exactly, for every package that is at its pre-patch version again (also
+    // when an earlier, interrupted rollback already put the package back).
+    crate::support::testhook::pause_point("packages-restored");
+    let mut bad = Vec::new();
     if let (Some(set), "dnf") = (set, pm.name()) {
-        crate::node::preserve::rpm::settle_configs(&ctx.config.root, set, &from_set);
+        if let Ok(now) = pm.installed(&names) {
+            let back: Vec<String> = pre
+                .iter()
+                .zip(now)
+                .filter(|((_, want), have)| want.is_some() && want == have)
+                .map(|((n, _), _)| n.clone())
+                .collect();
+            let (deleted, problems) =
+                whole::put_back(&ctx.config.root, &sets::pool(sd), set, &back);
+            dist_removed.extend(deleted);
+            bad.extend(problems);
+        }
     }
     // Check what is there now, whatever the package manager said; and the files of the
     // packages put back.
-    let mut bad = not_back(pm, pre);
-    if let Err(e) = pm.verify(&from_set) {
+    bad.extend(not_back(pm, pre));
+    let own = set.map(whole::paths).unwrap_or_default();
+    if let Err(e) = pm.verify(&from_set, &own) {
         bad.push(e);
     }
     // The package manager's own failure of the last pass (a scriptlet rpm did not count as an
@@ -159,6 +188,9 @@ pub fn restore_packages(
         let mut msg = format!("restore incomplete: {}", bad.join(", "));
         for why in &damaged {
             msg += &format!("; {why}");
+        }
+        for copy in &later {
+            msg += &format!("; kept the edit made since the cycle as {copy}");
         }
         match &done {
             Err(e) if !bad.contains(e) => msg += &format!("; {e}"),
@@ -183,6 +215,9 @@ pub fn restore_packages(
     }
     if !dist_removed.is_empty() {
         parts.push(format!("deleted {}", dist_removed.join(" ")));
+    }
+    for copy in &later {
+        parts.push(format!("kept the edit made since the cycle as {copy}"));
     }
     if parts.is_empty() {
         return "nothing needed restoring".to_string();

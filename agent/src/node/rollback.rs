@@ -211,6 +211,11 @@ pub fn remember_apply(ctx: &Ctx, journal: &Record) {
                 }
             }
             set.set("applied", "yes");
+            // What the install left of the files kept whole: a later edit is told from it.
+            set.set(
+                "whole_after",
+                crate::node::whole::after(&ctx.config.root, &set),
+            );
             if let Err(e) = set.save(Path::new(p)) {
                 log::warn!("cannot write {p}: {e}");
             }

@@ -2,7 +2,8 @@
 //! will upgrade, downgrade or remove is repacked (`preserve`) into `state_dir/rollback/pool/`, and
 //! `state_dir/rollback/SEQ-CYCLE.set` records the cycle, the pre-patch versions, the preserved
 //! files (`name=version=file=sha256`: a copy that changed since is not installed) and the
-//! packages it newly installs. One set per applied cycle, `rollback_keep` kept;
+//! packages it newly installs, and the files kept whole beside the packages (`whole`, see
+//! [`crate::node::whole`]). One set per applied cycle, `rollback_keep` kept;
 //! `rollback` steps back through them newest first.
 
 use crate::node::ctx::Ctx;
@@ -54,7 +55,7 @@ pub fn preserve(
     }
     let (mut versions, mut files, mut new, mut bytes): (Versions, Vec<String>, Vec<&str>, u64) =
         (Vec::new(), Vec::new(), Vec::new(), 0);
-    let (mut conffiles, mut dist_before) = (Vec::new(), Vec::new());
+    let (mut conffiles, mut dist_before, mut whole) = (Vec::new(), Vec::new(), Vec::new());
     for c in changes {
         let Some(old) = &c.old else {
             new.push(&c.name);
@@ -102,6 +103,12 @@ pub fn preserve(
                 dist_before.push(path.clone());
             }
         }
+        for (path, config) in &r.whole {
+            let (item, size) =
+                crate::node::whole::keep(&ctx.config.root, &pool, name, path, *config)?;
+            whole.push(item);
+            bytes += size;
+        }
         bytes += r.bytes;
         versions.push((name.to_string(), Some(old.clone())));
     }
@@ -123,6 +130,7 @@ pub fn preserve(
         .set("new", new.join(","))
         .set("conffiles", conffiles.join("\t"))
         .set("dist_before", dist_before.join("\t"))
+        .set("whole", whole.join("\t"))
         .set("bytes", bytes);
     r.save(&path)
         .map_err(|e| Error::io(Exit::InstallFailed, &path, e))?;
@@ -282,6 +290,7 @@ pub fn prune(sd: &Path, keep: usize) {
             continue;
         }
         named.extend(entries(r).map(|e| e.file.to_string()));
+        named.extend(crate::node::whole::pool_files(r));
     }
     for e in std::fs::read_dir(pool(sd)).into_iter().flatten().flatten() {
         if !named.iter().any(|n| *n == *e.file_name().to_string_lossy()) {

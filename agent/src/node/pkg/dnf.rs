@@ -209,7 +209,7 @@ impl PackageManager for Dnf {
         crate::node::preserve::rpm::repack(self.rpm(), &self.root, name, pool)
     }
 
-    fn verify(&self, names: &[String]) -> R<()> {
+    fn verify(&self, names: &[String], own: &[String]) -> R<()> {
         // Metadata only (cheap): a file missing, or of another type, mode, owner, device or link
         // target than its package says. Not checked, as they are expected: %config files (the
         // admin's edits stay), sizes, digests and mtimes (files carried as they were changed
@@ -230,9 +230,16 @@ impl PackageManager for Dnf {
             .args(names)
             .output()
             .map_err(|e| e.to_string())?;
-        match out.stdout.lines().next() {
+        // `missing     /path`, `S.5....T.  c /path`: the path starts at the first " /".
+        let ours = |l: &&str| {
+            l.find(" /")
+                .is_some_and(|i| own.iter().any(|p| *p == l[i + 1..]))
+        };
+        match out.stdout.lines().find(|l| !ours(l)) {
             Some(l) => Err(format!("rpm -V: {}", l.trim())),
-            None if !out.ok() => Err(format!("rpm -V: {}", out.last_line())),
+            None if !out.ok() && out.stdout.trim().is_empty() => {
+                Err(format!("rpm -V: {}", out.last_line()))
+            }
             None => Ok(()),
         }
     }

@@ -73,8 +73,9 @@ pub trait PackageManager {
         )))
     }
     /// After a restore: the files of the installed `names` are what their packages put there
-    /// (beyond the differences the family expects, such as edited configuration).
-    fn verify(&self, _names: &[String]) -> std::result::Result<(), String> {
+    /// (beyond the differences the family expects, such as edited configuration). Files in
+    /// `own` are left out: the rollback set put them back itself, as they were before.
+    fn verify(&self, _names: &[String], _own: &[String]) -> std::result::Result<(), String> {
         Ok(())
     }
 }

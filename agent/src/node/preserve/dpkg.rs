@@ -365,6 +365,7 @@ impl DebPlan {
             changed,
             missing: self.missing.clone(),
             conffiles: self.conffiles_md5.clone(),
+            whole: Vec::new(),
             reused: false,
         })
     }
@@ -505,6 +506,7 @@ pub fn repack_deb_cached(
                 changed: Vec::new(),
                 missing: plan.missing,
                 conffiles: plan.conffiles_md5,
+                whole: Vec::new(),
                 reused: true,
             });
         }

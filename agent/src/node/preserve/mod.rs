@@ -46,9 +46,11 @@ pub struct Repacked {
     pub missing: Vec<String>,
     /// The Conffiles record before the repack: (path, md5 of the version the package shipped).
     /// Installing the repacked package records the admin's text as shipped instead; putting
-    /// these back into the status file keeps later upgrades prompting as before. rpm: the
-    /// %config files, each with which of `.rpmnew` / `.rpmsave` existed (`n`, `s`, `ns`, `-`).
+    /// these back into the status file keeps later upgrades prompting as before (dpkg).
     pub conffiles: Vec<(String, String)>,
+    /// Files the package cannot carry exactly, which the rollback set keeps whole
+    /// (see `node/whole.rs`): (path, is %config). rpm only.
+    pub whole: Vec<(String, bool)>,
     /// True when an identical cached copy was reused instead of packing again.
     pub reused: bool,
 }

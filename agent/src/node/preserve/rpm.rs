@@ -15,11 +15,11 @@
 //!
 //! rpm 4.18 limits what can be carried (found by experiment): every non-%ghost file of the
 //! header must be in the payload ("cpio: Missing file(s)", even ones rpm would skip), so a
-//! listed file that is not on disk (deleted, or never installed: nodocs, other-arch multilib)
-//! stops the preserve; and a file's payload size must be the header's (rpm reads exactly that
-//! many bytes: "cpio: Bad magic"), so a changed %config file is carried cut or zero-padded to
-//! its packaged size (rpm leaves the admin's copy on disk; `settle_configs` tidies after it),
-//! while any other file whose size changed stops the preserve.
+//! listed file that is not on disk (deleted, or never installed: nodocs) is carried as zeros;
+//! and a file's payload size must be the header's (rpm reads exactly that
+//! many bytes: "cpio: Bad magic"). So every %config file, any file whose size changed or that
+//! is gone, is carried cut or zero-padded to its packaged size, and the rollback set keeps it
+//! whole beside the package (see `node/whole.rs`), to be written back after the restore.
 
 use super::{check_space, err, hex, Repacked, TempOut};
 use crate::support::cmd::Cmd;
@@ -75,6 +75,10 @@ struct F<'a> {
     s: [&'a str; 3],
     nlink: u64,
     data: bool,
+    /// Kept whole by the set (see `node/whole.rs`): carried cut or padded to size.
+    whole: bool,
+    /// Not on disk: carried as zeros (the set deletes it again after the restore).
+    gone: bool,
 }
 
 /// Repack the installed `name` into `dir/NAME-VERSION-RELEASE.ARCH.<identity>.rpm`, reusing an
@@ -96,6 +100,7 @@ pub fn repack(rpm: Cmd, root: &Path, name: &str, dir: &Path) -> Result<Repacked>
         changed: Vec::new(),
         missing: Vec::new(),
         conffiles: Vec::new(),
+        whole: Vec::new(),
         reused: false,
     };
     match pack(&out, root, &mut r) {
@@ -120,6 +125,8 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
                     s: [g, h, i],
                     nlink: 1,
                     data: true,
+                    whole: false,
+                    gone: false,
                 });
             }
         } else if l == "END" {
@@ -159,6 +166,13 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
             .and_then(|b| b.try_into().ok())
             .map_or(0, |b| u32::from_be_bytes(b) as usize)
     };
+    if ends > 1 {
+        return Err(
+            "is installed for more than one architecture (multilib), which a rollback set \
+             cannot carry yet; set rollback_keep = 0 to patch this node without one"
+                .to_string(),
+        );
+    }
     if kind == 0 || ends != 1 || !ok || main.len() != 16 + 16 * be(8) + be(12) {
         return Err(format!(
             "cannot rebuild it from rpm's database (payload {comp})"
@@ -181,23 +195,17 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
         let [_, link, path] = f.s;
         let why = match f.n[1] & 0o170000 {
             LNK if f.n[2] != link.len() as u64 => "is an odd link",
-            REG => {
-                let at = |x: &str| super::db::resolve(root, &format!("{path}{x}"), false);
-                let m = at("").and_then(std::fs::symlink_metadata);
+            REG if f.n[2] <= u32::MAX as u64 => {
+                let config = f.n[0] & CONFIG != 0;
+                let m = super::db::resolve(root, path, false).and_then(std::fs::symlink_metadata);
                 match m {
-                    Ok(m) if m.is_file() && f.n[4] == 0 && f.n[2] <= u32::MAX as u64 => {
-                        if f.n[0] & CONFIG != 0 {
-                            let mut had = String::from("-");
-                            for (x, c) in [(".rpmnew", 'n'), (".rpmsave", 's')] {
-                                if at(x).is_ok_and(|p| p.exists()) {
-                                    had.push(c);
-                                }
-                            }
-                            r.conffiles.push((path.to_string(), had));
-                        } else if m.len() != f.n[2] {
-                            return Err(format!(
-                                "{path} changed size since install (rpm cannot carry it); {FIX}"
-                            ));
+                    Ok(m) if m.is_file() => {
+                        // Exactly as packaged, or kept whole: a %config (the admin's text, and
+                        // rpm's .rpmnew / .rpmsave), a file of another size, one rpm did not
+                        // install (state not normal: another arch's, or excluded docs).
+                        if config || f.n[4] != 0 || m.len() != f.n[2] {
+                            f.whole = true;
+                            r.whole.push((path.to_string(), config));
                         }
                         for v in [
                             m.len(),
@@ -210,9 +218,17 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
                         }
                         continue;
                     }
-                    _ => "is listed but not installed as a file (or over 4 GiB)",
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        (f.whole, f.gone) = (true, true);
+                        r.whole.push((path.to_string(), config));
+                        r.missing.push(path.to_string());
+                        h.update(b"gone");
+                        continue;
+                    }
+                    _ => "is listed as a file but is something else on disk",
                 }
             }
+            REG => "is over 4 GiB (cpio newc cannot hold it)",
             _ => continue,
         };
         return Err(format!("{path} {why}; {FIX}"));
@@ -255,6 +271,8 @@ const END: F = F {
     s: ["", "", "TRAILER!!!"],
     nlink: 1,
     data: false,
+    whole: false,
+    gone: false,
 };
 
 const FIX: &str = "put the packaged file back (or set rollback_keep = 0)";
@@ -311,24 +329,21 @@ fn write(
         z.write(&h)?;
         if kind == LNK {
             z.write(link.as_bytes())?;
+        } else if size > 0 && f.gone {
+            z.zeros(size)?;
         } else if size > 0 {
             let mut file = File::open(super::db::resolve(root, path, false)?)?;
-            let config = f.n[0] & CONFIG != 0;
-            if file.metadata()?.len() != size && !config {
+            if file.metadata()?.len() != size && !f.whole {
                 return Err(io::Error::other(format!(
                     "{path} changed while preserving; run again"
                 )));
             }
-            // A %config file is cut or zero-padded to the packaged size.
+            // A file kept whole is cut or zero-padded to the packaged size here.
             let sum = z.copy(&mut file, size)?;
             // Digests other than sha256 (md5 of old packages) are not checked.
-            if digest.len() == 64 && sum != digest {
-                log::warn!(
-                    "{path} differs from its package; carried as it is (%config: cut to size)"
-                );
-                if !config {
-                    changed.push(path.to_string());
-                }
+            if digest.len() == 64 && sum != digest && !f.whole {
+                log::warn!("{path} differs from its package; carried as it is");
+                changed.push(path.to_string());
             }
         }
         z.write(&[0; 3][..(4 - size as usize % 4) % 4])?;
@@ -411,6 +426,17 @@ impl<'a> Enc<'a> {
         Ok(hex(&sha.finalize()))
     }
 
+    /// `n` zero bytes (a listed file that is not on disk).
+    fn zeros(&mut self, mut n: u64) -> io::Result<()> {
+        let z = [0u8; 4096];
+        while n > 0 {
+            let k = n.min(z.len() as u64) as usize;
+            self.write(&z[..k])?;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
     /// Write out the buffered block when it holds at least `min` bytes (and any).
     fn block(&mut self, min: usize) -> io::Result<()> {
         let n = self.buf.len();
@@ -478,29 +504,6 @@ impl<'a> Enc<'a> {
             _ => v.extend([1, 0, 0]),
         }
         self.w.write_all(&v)
-    }
-}
-
-/// After a restore: for the %config files of `names` recorded in `set`, a `.rpmsave` that was
-/// not there at preserve time holds the admin's text (rpm moved it aside, for this restore or
-/// for the cycle's upgrade): it goes back in place; a new `.rpmnew` (the undone version's
-/// default, or the cut copy the repack carried) is removed.
-pub fn settle_configs(root: &Path, set: &crate::support::kv::Record, names: &[String]) {
-    for item in set.get("conffiles").unwrap_or("").split('\t') {
-        let w: Vec<&str> = item.split(' ').collect();
-        if let [n, _, path, had] = w[..] {
-            if names.iter().any(|x| x == n) {
-                let p = |x| super::db::resolve(root, &format!("{path}{x}"), false);
-                if let (Ok(save), Ok(new), Ok(dest)) = (p(".rpmsave"), p(".rpmnew"), p("")) {
-                    if !had.contains('s') {
-                        let _ = std::fs::rename(save, dest);
-                    }
-                    if !had.contains('n') {
-                        let _ = std::fs::remove_file(new);
-                    }
-                }
-            }
-        }
     }
 }
 
