@@ -678,3 +678,78 @@ fn rpm_kill_during_the_restore_then_rollback_again_ends_at_the_admins_files() {
         Some("1.0-1")
     );
 }
+
+/// The image's package has a %preun that fails: upgrading it leaves both versions in the rpm
+/// database (rpm exits 0). The install counts as failed, and the restore leaves exactly the
+/// image's entry, with the undone version's files gone.
+#[test]
+fn rpm_failing_preun_of_an_image_package_leaves_one_entry_after_the_restore() {
+    let Some(f) = fleet("rpm-preun") else {
+        return;
+    };
+    let node = f.node("n");
+    let stuck = |v: &'static str, extra: &'static str| {
+        Rpm::new("ep-stuck", v).head("%preun\nexit 1\n").files(
+            extra,
+            if extra.is_empty() {
+                ""
+            } else {
+                "/usr/share/ep-only-new\n"
+            },
+        )
+    };
+    image(&f, &node, &[rpm_shell(), stuck("1.0", "")]);
+    let c1 = f.rpms(
+        "c1",
+        1,
+        &[stuck(
+            "2.0",
+            "echo new > $RPM_BUILD_ROOT/usr/share/ep-only-new\n",
+        )],
+        &[],
+    );
+    let r = apply(&node, &c1);
+    eprintln!("{}\n{}", r.stdout, r.stderr);
+    let q = run(Command::new("rpm")
+        .arg("--root")
+        .arg(&node.root)
+        .args(["-q", "ep-stuck"]));
+    assert_eq!(q.stdout, "ep-stuck-1.0-1.noarch\n", "{}", r.stderr);
+    assert!(!node.root.join("usr/share/ep-only-new").exists());
+    assert_eq!(r.code, 6, "{}", r.stderr);
+}
+
+/// The cycle's version has a %preun that fails: the rollback's `rpm -U` of the image's copy
+/// cannot erase it (both entries stay, rpm exits 0). The rollback drops the undone entry without
+/// its scriptlets, installs the image's version once more, says so, and exits 0.
+#[test]
+fn rpm_rollback_over_a_failing_preun_ends_with_the_image_entry_alone() {
+    let Some(f) = fleet("rpm-preun-rollback") else {
+        return;
+    };
+    let node = f.node("n");
+    image(&f, &node, &[rpm_shell(), Rpm::new("ep-stuck", "1.0")]);
+    let c1 = f.rpms(
+        "c1",
+        1,
+        &[Rpm::new("ep-stuck", "2.0").head("%preun\nexit 1\n").files(
+            "echo new > $RPM_BUILD_ROOT/usr/share/ep-only-new\n",
+            "/usr/share/ep-only-new\n",
+        )],
+        &[],
+    );
+    apply(&node, &c1).expect(0);
+    let r = node.agent(&["rollback"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("dropped the undone"), "{}", r.stdout);
+    let q = run(Command::new("rpm")
+        .arg("--root")
+        .arg(&node.root)
+        .args(["-q", "ep-stuck"]));
+    assert_eq!(q.stdout, "ep-stuck-1.0-1.noarch\n");
+    assert!(!node.root.join("usr/share/ep-only-new").exists());
+    assert_eq!(
+        read(&node.root.join("usr/share/edgepatch-test/ep-stuck")),
+        "ep-stuck 1.0\n"
+    );
+}

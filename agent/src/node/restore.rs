@@ -59,6 +59,7 @@ pub fn restore_packages(
     if let Err(e) = pm.repair() {
         log::warn!("repair before restore: {e}");
     }
+    let mut again = pm.drop_extra_entries(pre);
     let now = match pm.installed(&names) {
         Ok(v) => v,
         Err(e) => return format!("restore incomplete: cannot read versions: {e}"),
@@ -69,7 +70,7 @@ pub fn restore_packages(
     let mut from_set = Vec::new();
     let mut damaged = Vec::new();
     for ((name, before), after) in pre.iter().zip(now) {
-        if *before == after {
+        if *before == after && !again.contains(name) {
             continue;
         }
         match before {
@@ -139,6 +140,22 @@ pub fn restore_packages(
         left = retry.len();
         done = pm.restore(&retry, &[]);
     }
+    // rpm: a scriptlet of the undone version failed in the erase rpm -U does (its %preun):
+    // both entries stay. Drop the undone one and install the pre-patch version once more.
+    let dropped = pm.drop_extra_entries(pre);
+    if !dropped.is_empty() {
+        let redo: Vec<PathBuf> = dropped
+            .iter()
+            .filter_map(|n| {
+                let i = restored
+                    .iter()
+                    .position(|r| r.split('=').next() == Some(n))?;
+                Some(files[i].clone())
+            })
+            .collect();
+        done = pm.restore(&redo, &[]);
+    }
+    again.extend(dropped);
     // dpkg's conffile records of the packages put back from the set (Debian family), and the
     // undone versions' .dpkg-dist files.
     let mut dist_removed = Vec::new();
@@ -215,6 +232,13 @@ pub fn restore_packages(
     }
     if !dist_removed.is_empty() {
         parts.push(format!("deleted {}", dist_removed.join(" ")));
+    }
+    if !again.is_empty() {
+        parts.push(format!(
+            "dropped the undone versions' database entries of {} without their scriptlets (one \
+             failed)",
+            again.join(" ")
+        ));
     }
     for copy in &later {
         parts.push(format!("kept the edit made since the cycle as {copy}"));

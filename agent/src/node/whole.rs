@@ -152,19 +152,7 @@ fn copy_in(src: &Path, pool: &Path, size: u64) -> Result<String> {
     let mut f = crate::support::fsutil::open_regular(src)
         .map_err(|e| crate::node::preserve::ioerr(src, e))?;
     let mut t = TempOut::create(&dest)?;
-    let (mut h, mut buf) = (Sha256::new(), vec![0u8; 64 * 1024]);
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| crate::node::preserve::ioerr(src, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        t.w.write_all(&buf[..n])
-            .map_err(|e| crate::node::preserve::ioerr(&dest, e))?;
-    }
-    if hex(&h.finalize()) != sum {
+    if stream(&mut f, &mut t.w).map_err(|e| crate::node::preserve::ioerr(src, e))? != sum {
         return Err(err(format!(
             "{} changed while preserving; run again",
             src.display()
@@ -172,6 +160,19 @@ fn copy_in(src: &Path, pool: &Path, size: u64) -> Result<String> {
     }
     t.commit()?;
     Ok(sum)
+}
+
+/// Copy `from` to `to`; returns the sha256 (hex) of what was copied.
+fn stream(from: &mut std::fs::File, to: &mut impl Write) -> std::io::Result<String> {
+    let (mut h, mut buf) = (Sha256::new(), vec![0u8; 64 * 1024]);
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex(&h.finalize()));
+        }
+        h.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+    }
 }
 
 /// `whole_after`: each kept %config of `set` as the install left it.
@@ -230,7 +231,10 @@ pub fn save_later_edits(
                 _ => n += 1,
             }
         };
-        std::fs::copy(&now, &copy.1).map_err(|e| format!("{}: {e}", copy.0))?;
+        let keep = |e: std::io::Error| format!("{}: {e}", copy.0);
+        let mut t = TempOut::create(&copy.1).map_err(|e| e.msg)?;
+        stream(&mut std::fs::File::open(&now).map_err(keep)?, &mut t.w).map_err(keep)?;
+        t.commit().map_err(|e| e.msg)?;
         saved.push(copy.0);
     }
     Ok(saved)
@@ -291,16 +295,7 @@ fn write_back(pool: &Path, dest: &Path, state: &str) -> std::result::Result<(), 
     let mut from = crate::support::fsutil::open_regular(&src)
         .map_err(|e| format!("kept copy {}: {e}", src.display()))?;
     let mut t = TempOut::create(dest).map_err(|e| e.msg)?;
-    let (mut h, mut buf) = (Sha256::new(), vec![0u8; 64 * 1024]);
-    loop {
-        let n = from.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        t.w.write_all(&buf[..n]).map_err(|e| e.to_string())?;
-    }
-    if hex(&h.finalize()) != sum {
+    if stream(&mut from, &mut t.w).map_err(|e| e.to_string())? != sum {
         return Err(format!(
             "kept copy {} changed since it was preserved (sha256 mismatch)",
             src.display()

@@ -165,6 +165,71 @@ impl PackageManager for Dnf {
         Ok(())
     }
 
+    fn drop_extra_entries(&self, pre: &[(String, Option<String>)]) -> Vec<String> {
+        // Entries of the undone versions go with their files (the ones no other entry owns),
+        // without their scriptlets (one of those failed); the pre-patch entry goes from the
+        // database only: its files stay until the restore writes them again. Not for multilib
+        // (one name, several arches: that is no duplicate).
+        let names: Vec<&str> = pre
+            .iter()
+            .filter(|(_, w)| w.is_some())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let Ok(out) = self
+            .rpm()
+            .args([
+                "-q",
+                "--qf",
+                "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\t%{ARCH}\t%{NVRA}\n",
+            ])
+            .args(&names)
+            .output()
+        else {
+            return Vec::new();
+        };
+        let mut fixed = Vec::new();
+        for (name, want) in pre {
+            let Some(want) = want else { continue };
+            let rows: Vec<Vec<&str>> = out
+                .stdout
+                .lines()
+                .map(|l| l.split('\t').collect::<Vec<_>>())
+                .filter(|w| w.len() == 4 && w[0] == name)
+                .collect();
+            let is_want = |w: &Vec<&str>| w[1].trim_start_matches("0:") == want;
+            if rows.len() < 2
+                || rows.iter().any(|w| w[2] != rows[0][2])
+                || !rows.iter().any(is_want)
+                || rows.iter().all(is_want)
+            {
+                continue;
+            }
+            let (keep, other): (Vec<_>, Vec<_>) = rows.iter().partition(|w| is_want(w));
+            let erase = |extra: &[&str], which: &[&Vec<&str>]| {
+                self.rpm()
+                    .args(["-e", "--nodeps", "--noscripts", "--notriggers"])
+                    .args(extra)
+                    .args(which.iter().map(|w| w[3]))
+                    .run()
+            };
+            match erase(&[], &other).and_then(|_| erase(&["--justdb"], &keep)) {
+                Ok(_) => {
+                    log::warn!(
+                        "{name}: the database held {} entries (a scriptlet failed); kept {want} \
+                         to be installed again",
+                        rows.len()
+                    );
+                    fixed.push(name.clone());
+                }
+                Err(e) => log::warn!("{name}: cannot drop the extra database entries: {e}"),
+            }
+        }
+        fixed
+    }
+
     fn restore(&self, files: &[PathBuf], remove: &[String]) -> R<()> {
         // Packages the patch added go first (one may obsolete a package put back), without
         // dependency checks: the packages needing them are the ones being put back. The

@@ -57,6 +57,13 @@ pub trait PackageManager {
     fn edited_config(&self, _names: &[String]) -> Vec<(String, Vec<String>)> {
         Vec::new()
     }
+    /// Of `pre` (name, pre-patch version), the packages the database holds more than once (a
+    /// failed scriptlet stopped the erase of one): the other versions' entries are dropped
+    /// and the pre-patch one forgotten, so the restore installs that version afresh. Returns
+    /// the names so treated.
+    fn drop_extra_entries(&self, _pre: &[(String, Option<String>)]) -> Vec<String> {
+        Vec::new()
+    }
     /// No package half-installed or half-configured.
     fn audit(&self) -> std::result::Result<(), String>;
     /// Rebuild the installed `name` (`arch` when several) from the root into `pool`, for the
