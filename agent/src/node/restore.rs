@@ -59,13 +59,33 @@ pub fn restore_packages(
     if let Err(e) = pm.repair() {
         log::warn!("repair before restore: {e}");
     }
-    let mut again = pm.drop_extra_entries(pre);
+    let sd = ctx.state_dir();
+    let caches = [store::cache_current(sd), store::cache_previous(sd)];
+    // The copy to install for `name` at `v`: the set's (Err: damaged), else a bundle cache's.
+    let copy_of = |name: &str, v: &str| -> (Option<PathBuf>, Option<String>) {
+        let (in_set, why) = match set.map(|s| sets::file_for(sd, s, name, v)) {
+            Some(Err(why)) => (None, Some(why)),
+            Some(Ok(f)) => (f, None),
+            None => (None, None),
+        };
+        let found = in_set.or_else(|| {
+            caches.iter().find_map(|c| {
+                let p = pm
+                    .repo_packages(c)
+                    .ok()?
+                    .into_iter()
+                    .find(|p| p.name == name && p.version == v)?;
+                Some(c.join(p.file))
+            })
+        });
+        (found, why)
+    };
+    let has_copy = |name: &str, v: &str| copy_of(name, v).0.is_some();
+    let mut again = pm.drop_extra_entries(pre, &has_copy);
     let now = match pm.installed(&names) {
         Ok(v) => v,
         Err(e) => return format!("restore incomplete: cannot read versions: {e}"),
     };
-    let sd = ctx.state_dir();
-    let caches = [store::cache_current(sd), store::cache_previous(sd)];
     let (mut files, mut remove, mut restored) = (Vec::new(), Vec::new(), Vec::new());
     let mut from_set = Vec::new();
     let mut damaged = Vec::new();
@@ -76,25 +96,11 @@ pub fn restore_packages(
         match before {
             None => remove.push(name.clone()),
             Some(v) => {
-                let in_set = match set.map(|s| sets::file_for(sd, s, name, v)) {
-                    Some(Err(why)) => {
-                        log::warn!("{name}: {why}");
-                        damaged.push(why);
-                        None
-                    }
-                    Some(Ok(f)) => f,
-                    None => None,
-                };
-                let found = in_set.or_else(|| {
-                    caches.iter().find_map(|c| {
-                        let p = pm
-                            .repo_packages(c)
-                            .ok()?
-                            .into_iter()
-                            .find(|p| p.name == *name && p.version == *v)?;
-                        Some(c.join(p.file))
-                    })
-                });
+                let (found, why) = copy_of(name, v);
+                if let Some(why) = why {
+                    log::warn!("{name}: {why}");
+                    damaged.push(why);
+                }
                 if let Some(f) = found {
                     files.push(f);
                     restored.push(format!("{name}={v}"));
@@ -142,7 +148,7 @@ pub fn restore_packages(
     }
     // rpm: a scriptlet of the undone version failed in the erase rpm -U does (its %preun):
     // both entries stay. Drop the undone one and install the pre-patch version once more.
-    let dropped = pm.drop_extra_entries(pre);
+    let dropped = pm.drop_extra_entries(pre, &has_copy);
     if !dropped.is_empty() {
         let redo: Vec<PathBuf> = dropped
             .iter()

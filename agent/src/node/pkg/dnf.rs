@@ -165,7 +165,11 @@ impl PackageManager for Dnf {
         Ok(())
     }
 
-    fn drop_extra_entries(&self, pre: &[(String, Option<String>)]) -> Vec<String> {
+    fn drop_extra_entries(
+        &self,
+        pre: &[(String, Option<String>)],
+        has_copy: &dyn Fn(&str, &str) -> bool,
+    ) -> Vec<String> {
         // Entries of the undone versions go with their files (the ones no other entry owns),
         // without their scriptlets (one of those failed); the pre-patch entry goes from the
         // database only: its files stay until the restore writes them again. Not for multilib
@@ -204,6 +208,7 @@ impl PackageManager for Dnf {
                 || rows.iter().any(|w| w[2] != rows[0][2])
                 || !rows.iter().any(is_want)
                 || rows.iter().all(is_want)
+                || !has_copy(name, want)
             {
                 continue;
             }

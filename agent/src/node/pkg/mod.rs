@@ -58,10 +58,14 @@ pub trait PackageManager {
         Vec::new()
     }
     /// Of `pre` (name, pre-patch version), the packages the database holds more than once (a
-    /// failed scriptlet stopped the erase of one): the other versions' entries are dropped
-    /// and the pre-patch one forgotten, so the restore installs that version afresh. Returns
-    /// the names so treated.
-    fn drop_extra_entries(&self, _pre: &[(String, Option<String>)]) -> Vec<String> {
+    /// failed scriptlet stopped the erase of one) and for which `has_copy` says a copy of the
+    /// pre-patch version is at hand: the other versions' entries are dropped and the pre-patch
+    /// one forgotten, so the restore installs that version afresh. Returns the names so treated.
+    fn drop_extra_entries(
+        &self,
+        _pre: &[(String, Option<String>)],
+        _has_copy: &dyn Fn(&str, &str) -> bool,
+    ) -> Vec<String> {
         Vec::new()
     }
     /// No package half-installed or half-configured.
