@@ -463,7 +463,9 @@ impl<'a> Rpm<'a> {
             .arg(format!("_topdir {}", top.display()))
             // Host binaries in a noarch test package (the scratch root's /bin/sh): keep as is.
             .args(["--define", "_binaries_in_noarch_packages_terminate_build 0"])
-            .args(["--define", "__os_install_post %{nil}"]);
+            .args(["--define", "__os_install_post %{nil}"])
+            // File names that are not UTF-8 (an attack test builds one).
+            .args(["--define", "_invalid_encoding_terminates_build 0"]);
         if !self.payload.is_empty() {
             cmd.arg("--define")
                 .arg(format!("_binary_payload {}", self.payload));

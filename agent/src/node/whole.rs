@@ -9,9 +9,10 @@
 //! kept beside as `PATH.edgepatch-saved` and named: a rollback loses nothing.
 //!
 //! Set key `whole`: tab-separated items `PACKAGE PATH STATE...` (PATH escaped, see [`esc`]): one
-//! STATE for a plain file, three (the file, `.rpmnew`, `.rpmsave`) for %config; a STATE is `-`
-//! (absent), `*` (not a regular file: left alone) or `SHA256:MODE:UID:GID:MTIME`.
-//! `whole_after`: `PATH SHA256` of each %config as the install left it.
+//! STATE for a plain file, four (the file, `.rpmnew`, `.rpmsave`, `.rpmorig`) for %config; a
+//! STATE is `-` (absent), `@TARGET` (a symlink, TARGET escaped), `*` (a directory or device:
+//! left alone) or `SHA256:MODE:UID:GID:MTIME`. `whole_after`: `PATH FINGERPRINT...`, each
+//! variant as the install left it (the sha256 for a file, else the state).
 
 use crate::node::preserve::{check_space, err, hex, TempOut};
 use crate::support::error::Result;
@@ -21,7 +22,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-const CONFIG_SUFFIXES: [&str; 3] = ["", ".rpmnew", ".rpmsave"];
+/// A %config and what rpm may leave beside it: its default (`.rpmnew`), the admin's text moved
+/// aside (`.rpmsave`), or a file rpm found in the way of an unowned path (`.rpmorig`).
+const CONFIG_SUFFIXES: [&str; 4] = ["", ".rpmnew", ".rpmsave", ".rpmorig"];
 
 /// Escape a path for a set record: `%`, whitespace, `,`, `=` and control bytes as `%XX`.
 pub fn esc(s: &str) -> String {
@@ -76,7 +79,7 @@ fn items(set: &Record) -> impl Iterator<Item = Item<'_>> {
             let mut w = item.split(' ');
             let (package, path) = (w.next()?, w.next()?);
             let states: Vec<&str> = w.collect();
-            matches!(states.len(), 1 | 3).then(|| Item {
+            matches!(states.len(), 1 | 4).then(|| Item {
                 package,
                 path: unesc(path),
                 states,
@@ -106,7 +109,7 @@ pub fn pool_files(set: &Record) -> Vec<String> {
         .collect()
 }
 
-/// Copy `path` (and for a %config, its `.rpmnew` / `.rpmsave`) of `package` into `pool`;
+/// Copy `path` (and for a %config, what rpm may leave beside it) of `package` into `pool`;
 /// returns the `whole` item and the bytes kept.
 pub fn keep(
     root: &Path,
@@ -116,15 +119,12 @@ pub fn keep(
     config: bool,
 ) -> Result<(String, u64)> {
     let (mut item, mut bytes) = (format!("{package} {}", esc(path)), 0);
-    for sfx in suffixes(if config { 3 } else { 1 }) {
+    for sfx in suffixes(if config { 4 } else { 1 }) {
         let full = format!("{path}{sfx}");
         let src = target(root, &full).map_err(|e| err(format!("{full}: {e}")))?;
         item.push(' ');
         item += &match std::fs::symlink_metadata(&src) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "-".to_string(),
-            Err(e) => return Err(err(format!("{full}: {e}"))),
-            Ok(m) if !m.is_file() => "*".to_string(),
-            Ok(m) => {
+            Ok(m) if m.is_file() => {
                 let sum = copy_in(&src, pool, m.len())?;
                 bytes += m.len();
                 format!(
@@ -135,9 +135,34 @@ pub fn keep(
                     m.mtime()
                 )
             }
+            other => state_of(&src, other).map_err(|e| err(format!("{full}: {e}")))?,
         };
     }
     Ok((item, bytes))
+}
+
+/// The state of what is not a regular file (`-`, `@TARGET`, `*`), or the sha256 of a file.
+fn state_of(p: &Path, m: std::io::Result<std::fs::Metadata>) -> std::io::Result<String> {
+    match m {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok("-".into()),
+        Err(e) => Err(e),
+        Ok(m) if m.file_type().is_symlink() => Ok(format!(
+            "@{}",
+            esc(&std::fs::read_link(p)?.to_string_lossy())
+        )),
+        Ok(m) if m.is_file() => Ok(hex(&crate::node::rebuild::file_sha256(p)?)),
+        Ok(_) => Ok("*".into()),
+    }
+}
+
+/// What is at `p` now, comparable with a state's fingerprint.
+fn fingerprint(p: &Path) -> String {
+    state_of(p, std::fs::symlink_metadata(p)).unwrap_or_else(|_| "*".into())
+}
+
+/// A state's fingerprint: the sha256 of a file state, the state itself otherwise.
+fn fp(state: &str) -> &str {
+    state.split(':').next().unwrap_or(state)
 }
 
 /// Stream `src` into `pool/file-<sha256>` (reusing an identical copy); returns the sha256.
@@ -151,7 +176,7 @@ fn copy_in(src: &Path, pool: &Path, size: u64) -> Result<String> {
     check_space(pool, size)?;
     let mut f = crate::support::fsutil::open_regular(src)
         .map_err(|e| crate::node::preserve::ioerr(src, e))?;
-    let mut t = TempOut::create(&dest)?;
+    let mut t = private(&dest)?;
     if stream(&mut f, &mut t.w).map_err(|e| crate::node::preserve::ioerr(src, e))? != sum {
         return Err(err(format!(
             "{} changed while preserving; run again",
@@ -175,69 +200,117 @@ fn stream(from: &mut std::fs::File, to: &mut impl Write) -> std::io::Result<Stri
     }
 }
 
-/// `whole_after`: each kept %config of `set` as the install left it.
+/// `whole_after`: each kept %config (and what is beside it) as the install left it.
 pub fn after(root: &Path, set: &Record) -> String {
     items(set)
-        .filter(|i| i.states.len() == 3)
-        .filter_map(|i| {
-            let sum = crate::node::rebuild::file_sha256(&target(root, &i.path).ok()?).ok()?;
-            Some(format!("{} {}", esc(&i.path), hex(&sum)))
+        .filter(|i| i.states.len() == 4)
+        .map(|i| {
+            let mut line = esc(&i.path);
+            for sfx in CONFIG_SUFFIXES {
+                line.push(' ');
+                line += &target(root, &format!("{}{sfx}", i.path))
+                    .map_or_else(|_| "*".into(), |p| fingerprint(&p));
+            }
+            line
         })
         .collect::<Vec<_>>()
         .join("\t")
 }
 
-/// Before a rollback of `names`: a %config whose text is neither the pre-patch one nor what the
-/// install left (the admin edited it since) is copied to `PATH.edgepatch-saved` (or `.2`, ...).
-/// Returns the copies made; errors name what could not be kept (the rollback must not go on).
+/// Before a rollback of `names`: a %config (or `.rpmsave`, ...) file whose text is neither the
+/// pre-patch one nor what the install left (the admin wrote it since) is copied, with its mode
+/// and owner, to `PATH.edgepatch-saved` (or `.2`, ...). Nothing to do without `whole_after` (a
+/// failed install's restore: nobody edited anything since). Returns the copies made; an error
+/// names what could not be kept (the rollback must not go on).
 pub fn save_later_edits(
     root: &Path,
     set: &Record,
     names: &[String],
 ) -> std::result::Result<Vec<String>, String> {
-    let after: Vec<(String, &str)> = set
-        .get("whole_after")
-        .unwrap_or("")
+    let Some(after) = set.get("whole_after") else {
+        return Ok(Vec::new());
+    };
+    let after: Vec<(String, Vec<&str>)> = after
         .split('\t')
-        .filter_map(|x| x.split_once(' '))
-        .map(|(p, s)| (unesc(p), s))
+        .filter_map(|x| {
+            let mut w = x.split(' ');
+            Some((unesc(w.next()?), w.collect()))
+        })
         .collect();
     let mut saved = Vec::new();
-    for i in items(set).filter(|i| i.states.len() == 3 && names.iter().any(|n| n == i.package)) {
-        let Some((_, left)) = after.iter().find(|(p, _)| *p == i.path) else {
-            continue;
-        };
-        let Ok(now) = target(root, &i.path) else {
-            continue;
-        };
-        if !std::fs::symlink_metadata(&now).is_ok_and(|m| m.is_file()) {
-            continue;
-        }
-        let sum =
-            crate::node::rebuild::file_sha256(&now).map_err(|e| format!("{}: {e}", i.path))?;
-        let sum = hex(&sum);
-        if sum == *left || i.states[0].starts_with(&sum) {
-            continue;
-        }
-        let mut n = 1;
-        let copy = loop {
-            let name = match n {
-                1 => format!("{}.edgepatch-saved", i.path),
-                _ => format!("{}.edgepatch-saved.{n}", i.path),
+    for i in items(set).filter(|i| i.states.len() == 4 && names.iter().any(|n| n == i.package)) {
+        let left = after.iter().find(|(p, _)| *p == i.path).map(|(_, v)| v);
+        for (k, sfx) in CONFIG_SUFFIXES.iter().enumerate() {
+            let full = format!("{}{sfx}", i.path);
+            let Ok(now) = target(root, &full) else {
+                continue;
             };
-            match target(root, &name) {
-                Ok(p) if std::fs::symlink_metadata(&p).is_err() => break (name, p),
-                _ if n > 99 => return Err(format!("{}: no free .edgepatch-saved name", i.path)),
-                _ => n += 1,
+            if !std::fs::symlink_metadata(&now).is_ok_and(|m| m.is_file()) {
+                continue;
             }
-        };
-        let keep = |e: std::io::Error| format!("{}: {e}", copy.0);
-        let mut t = TempOut::create(&copy.1).map_err(|e| e.msg)?;
-        stream(&mut std::fs::File::open(&now).map_err(keep)?, &mut t.w).map_err(keep)?;
-        t.commit().map_err(|e| e.msg)?;
-        saved.push(copy.0);
+            let sum = fingerprint(&now);
+            let was = left.and_then(|v| v.get(k)).copied().unwrap_or("-");
+            if sum == was || sum == fp(i.states[k]) {
+                continue;
+            }
+            saved.push(save_copy(root, &full, &now)?);
+        }
     }
     Ok(saved)
+}
+
+/// Copy `now` (at `full` in the root) to the first free `FULL.edgepatch-saved[.N]`, with its
+/// mode and owner (the temp file is private until then).
+fn save_copy(root: &Path, full: &str, now: &Path) -> std::result::Result<String, String> {
+    let mut n = 1;
+    let (name, dest) = loop {
+        let name = match n {
+            1 => format!("{full}.edgepatch-saved"),
+            _ => format!("{full}.edgepatch-saved.{n}"),
+        };
+        match target(root, &name) {
+            Ok(p) if std::fs::symlink_metadata(&p).is_err() => break (name, p),
+            _ if n > 99 => return Err(format!("{full}: no free .edgepatch-saved name")),
+            _ => n += 1,
+        }
+    };
+    let fail = |e: std::io::Error| format!("{name}: {e}");
+    let mut from = crate::support::fsutil::open_regular(now).map_err(fail)?;
+    let m = from.metadata().map_err(fail)?;
+    let mut t = private(&dest).map_err(|e| e.msg)?;
+    stream(&mut from, &mut t.w).map_err(fail)?;
+    finish(t, m.mode(), m.uid(), m.gid(), None).map_err(fail)?;
+    Ok(name)
+}
+
+/// A temp file beside `dest`, readable by root only until `finish` (kept files may be secret).
+fn private(dest: &Path) -> Result<TempOut> {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TempOut::create(dest)?;
+    t.w.get_ref()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| crate::node::preserve::ioerr(dest, e))?;
+    Ok(t)
+}
+
+/// Owner, mode and (when given) mtime on the temp file, then rename it into place.
+fn finish(
+    mut t: TempOut,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Option<i64>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    t.w.flush()?;
+    let file = t.w.get_ref();
+    std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+    if let Some(s) = mtime {
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.max(0) as u64))?;
+    }
+    t.commit().map_err(|e| std::io::Error::other(e.msg))?;
+    Ok(())
 }
 
 /// After the restore of `names`: write each kept file back exactly and delete the variants that
@@ -256,14 +329,28 @@ pub fn put_back(
                 bad.push(format!("{full}: cannot resolve it in the root"));
                 continue;
             };
+            let now = std::fs::symlink_metadata(&dest);
+            let link_or_file = now.as_ref().is_ok_and(|m| !m.is_dir());
             match *state {
                 "*" => {}
-                "-" => {
-                    if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file()) {
-                        match std::fs::remove_file(&dest) {
-                            Ok(()) => deleted.push(full),
-                            Err(e) => bad.push(format!("{full}: {e}")),
-                        }
+                "-" if link_or_file => match std::fs::remove_file(&dest) {
+                    Ok(()) => deleted.push(full),
+                    Err(e) => bad.push(format!("{full}: {e}")),
+                },
+                "-" => {}
+                s if s.starts_with('@') => {
+                    let to = unesc(&s[1..]);
+                    if std::fs::read_link(&dest).is_ok_and(|t| t.as_os_str() == to.as_str()) {
+                        continue;
+                    }
+                    let put = (if link_or_file {
+                        std::fs::remove_file(&dest)
+                    } else {
+                        Ok(())
+                    })
+                    .and_then(|()| std::os::unix::fs::symlink(&to, &dest));
+                    if let Err(e) = put {
+                        bad.push(format!("{full} (symlink) not put back: {e}"));
                     }
                 }
                 s => {
@@ -294,23 +381,14 @@ fn write_back(pool: &Path, dest: &Path, state: &str) -> std::result::Result<(), 
     let src = pool.join(format!("file-{sum}"));
     let mut from = crate::support::fsutil::open_regular(&src)
         .map_err(|e| format!("kept copy {}: {e}", src.display()))?;
-    let mut t = TempOut::create(dest).map_err(|e| e.msg)?;
+    let mut t = private(dest).map_err(|e| e.msg)?;
     if stream(&mut from, &mut t.w).map_err(|e| e.to_string())? != sum {
         return Err(format!(
             "kept copy {} changed since it was preserved (sha256 mismatch)",
             src.display()
         ));
     }
-    t.w.flush().map_err(|e| e.to_string())?;
-    let file = t.w.get_ref();
-    std::os::unix::fs::fchown(file, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(|e| e.to_string())?;
-    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
-    file.set_modified(when).map_err(|e| e.to_string())?;
-    t.commit().map_err(|e| e.msg)?;
-    Ok(())
+    finish(t, mode, uid, gid, Some(mtime)).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

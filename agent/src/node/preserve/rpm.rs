@@ -38,7 +38,8 @@ const CHUNK: usize = 65535;
 /// (FILESIZES: files over 4 GiB, which cpio "newc" cannot hold, are refused anyway.)
 const QF: &str = "%{NVR}\n%{EVR}\n%{ARCH}\n\
 %{PAYLOADCOMPRESSOR}\n[%{FILEFLAGS}\t%{FILEMODES}\t%{FILESIZES}\t%{FILEINODES}\t\
-%{FILESTATES}\t%{FILEMTIMES}\t%{FILEDIGESTS}\t%{FILELINKTOS}\t%{FILENAMES}\n]\
+%{FILESTATES}\t%{FILEMTIMES}\t%{FILEUSERNAME}\t%{FILEGROUPNAME}\t%{FILEDIGESTS}\t\
+%{FILELINKTOS}\t%{FILENAMES}\n]\
 %{HEADERIMMUTABLE:base64}\nEND\n";
 /// Lead (magic, v3.0, binary, archnum 1: rpm ignores it, name, osnum 1, header-style
 /// signature), then the signature header: one entry, RPMSIGTAG_SHA256 (273), a string.
@@ -72,6 +73,8 @@ const LNK: u64 = 0o120000;
 /// path (`s`); `data`: the entry carrying the content (the last of a hardlink set), `nlink`.
 struct F<'a> {
     n: [u64; 6],
+    /// The header's user and group names.
+    owner: [&'a str; 2],
     s: [&'a str; 3],
     nlink: u64,
     data: bool,
@@ -117,11 +120,12 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
     let (mut acc, mut bits, mut ok) = (0u32, 0, true);
     for l in lines {
         let w: Vec<&str> = l.split('\t').collect();
-        if let [a, b, c, d, e, f, g, h, i] = w[..] {
+        if let [a, b, c, d, e, f, user, group, g, h, i] = w[..] {
             let n = [a, b, c, d, e, f].map(|x| x.parse().unwrap_or(u64::MAX));
             if n[0] & GHOST == 0 {
                 files.push(F {
                     n,
+                    owner: [user, group],
                     s: [g, h, i],
                     nlink: 1,
                     data: true,
@@ -178,6 +182,13 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
             "cannot rebuild it from rpm's database (payload {comp})"
         ));
     }
+    // Names rpm printed that are not UTF-8 came out lossy: such a copy would not install.
+    if out.contains('\u{fffd}') {
+        return Err(format!(
+            "has a file name that is not UTF-8, which a rollback set cannot carry; {FIX}"
+        ));
+    }
+    let ids = [Ids::load(root, "etc/passwd"), Ids::load(root, "etc/group")];
     // Identity: everything the bytes depend on, and what each carried file looks like now.
     let mut h = Sha256::new();
     h.update(FORMAT);
@@ -199,16 +210,24 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
                 let config = f.n[0] & CONFIG != 0;
                 let m = super::db::resolve(root, path, false).and_then(std::fs::symlink_metadata);
                 match m {
-                    Ok(m) if m.is_file() => {
+                    Ok(m) if m.is_file() || m.file_type().is_symlink() => {
                         // Exactly as packaged, or kept whole: a %config (the admin's text, and
-                        // rpm's .rpmnew / .rpmsave), a file of another size, one rpm did not
-                        // install (state not normal: another arch's, or excluded docs).
-                        if config || f.n[4] != 0 || m.len() != f.n[2] {
+                        // rpm's .rpmnew / .rpmsave), a file of another size, mode or owner, one
+                        // rpm did not install (state not normal: another arch's, or excluded
+                        // docs), a symlink where the package has a file (carried as zeros).
+                        let owner = [0, 1].map(|k| ids[k].id(f.owner[k]));
+                        let as_packaged = m.is_file()
+                            && m.len() == f.n[2]
+                            && m.mode() as u64 & 0o7777 == f.n[1] & 0o7777
+                            && [m.uid(), m.gid()] == owner;
+                        if config || f.n[4] != 0 || !as_packaged {
                             f.whole = true;
+                            f.gone = !m.is_file();
                             r.whole.push((path.to_string(), config));
                         }
                         for v in [
                             m.len(),
+                            m.mode() as u64,
                             m.mtime() as u64,
                             m.ctime() as u64,
                             m.ino(),
@@ -225,7 +244,7 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
                         h.update(b"gone");
                         continue;
                     }
-                    _ => "is listed as a file but is something else on disk",
+                    _ => "is listed as a file but is a directory or device on disk",
                 }
             }
             REG => "is over 4 GiB (cpio newc cannot hold it)",
@@ -265,9 +284,35 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
     Ok(())
 }
 
+/// User or group names of the root (`etc/passwd`, `etc/group`) to ids, as rpm maps them
+/// (a name it does not know becomes root).
+struct Ids(Vec<(String, u32)>);
+
+impl Ids {
+    fn load(root: &Path, file: &str) -> Ids {
+        let text = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+        Ids(text
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split(':');
+                let name = w.next()?;
+                Some((name.to_string(), w.nth(1)?.parse().ok()?))
+            })
+            .collect())
+    }
+
+    fn id(&self, name: &str) -> u32 {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, id)| *id)
+    }
+}
+
 /// The cpio trailer entry.
 const END: F = F {
     n: [0; 6],
+    owner: ["", ""],
     s: ["", "", "TRAILER!!!"],
     nlink: 1,
     data: false,
