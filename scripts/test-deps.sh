@@ -34,6 +34,8 @@ APT_PACKAGES=(
     qemu-system-x86       # scripts/vm-test.sh boots that image (TCG)
     dosfstools            # vfat USB stick image for scripts/vm-test.sh
     mtools
+    libcap2-bin           # getcap: file capabilities of files a rollback set keeps (attack2_rpm)
+    python3               # attack2_rpm sets and lists extended attributes with os.setxattr
 )
 
 RUST_TARGETS=(

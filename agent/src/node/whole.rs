@@ -11,12 +11,14 @@
 //! Set key `whole`: tab-separated items `PACKAGE PATH STATE...` (PATH escaped, see [`esc`]): one
 //! STATE for a plain file, four (the file, `.rpmnew`, `.rpmsave`, `.rpmorig`) for %config; a
 //! STATE is `-` (absent), `@TARGET` (a symlink, TARGET escaped), `*` (a directory or device:
-//! left alone) or `SHA256:MODE:UID:GID:MTIME`. `whole_after`: `PATH FINGERPRINT...`, each
+//! left alone) or `SHA256:MODE:UID:GID:MTIME[:XATTRS_SHA256]`: the file's extended attributes
+//! (capabilities, ACLs, SELinux label) are kept in the pool as `xattr-<sha256>`. `whole_after`: `PATH FINGERPRINT...`, each
 //! variant as the install left it (the sha256 for a file, else the state).
 
 use crate::node::preserve::{check_space, err, hex, TempOut};
 use crate::support::error::Result;
 use crate::support::kv::Record;
+use crate::support::xattr as xattrs;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -102,11 +104,17 @@ pub fn paths(set: &Record) -> Vec<String> {
 
 /// The pool files the set's kept files use (so that pruning keeps them).
 pub fn pool_files(set: &Record) -> Vec<String> {
-    items(set)
-        .flat_map(|i| i.states.into_iter())
-        .filter_map(|s| s.split(':').next().filter(|h| h.len() == 64))
-        .map(|h| format!("file-{h}"))
-        .collect()
+    let mut v = Vec::new();
+    for s in items(set).flat_map(|i| i.states.into_iter()) {
+        let f: Vec<&str> = s.split(':').collect();
+        if f.len() >= 5 {
+            v.push(format!("file-{}", f[0]));
+        }
+        if let Some(x) = f.get(5) {
+            v.push(format!("xattr-{x}"));
+        }
+    }
+    v
 }
 
 /// Copy `path` (and for a %config, what rpm may leave beside it) of `package` into `pool`;
@@ -127,13 +135,18 @@ pub fn keep(
             Ok(m) if m.is_file() => {
                 let sum = copy_in(&src, pool, m.len())?;
                 bytes += m.len();
-                format!(
+                let mut state = format!(
                     "{sum}:{:o}:{}:{}:{}",
                     m.mode() & 0o7777,
                     m.uid(),
                     m.gid(),
                     m.mtime()
-                )
+                );
+                let x = xattrs::read(&src).map_err(|e| err(format!("{full}: xattrs: {e}")))?;
+                if !x.is_empty() {
+                    state += &format!(":{}", keep_bytes(pool, "xattr", &x)?);
+                }
+                state
             }
             other => state_of(&src, other).map_err(|e| err(format!("{full}: {e}")))?,
         };
@@ -150,8 +163,12 @@ fn state_of(p: &Path, m: std::io::Result<std::fs::Metadata>) -> std::io::Result<
             "@{}",
             esc(&std::fs::read_link(p)?.to_string_lossy())
         )),
-        Ok(m) if m.is_file() => Ok(hex(&crate::node::rebuild::file_sha256(p)?)),
-        Ok(_) => Ok("*".into()),
+        Ok(m) if m.is_file() => regular_sum(p),
+        Ok(m) if m.is_dir() => Ok("*".into()),
+        Ok(_) => Err(std::io::Error::other(
+            "is a FIFO, socket or device, which a rollback set cannot keep; remove it (or set \
+             rollback_keep = 0)",
+        )),
     }
 }
 
@@ -167,10 +184,9 @@ fn fp(state: &str) -> &str {
 
 /// Stream `src` into `pool/file-<sha256>` (reusing an identical copy); returns the sha256.
 fn copy_in(src: &Path, pool: &Path, size: u64) -> Result<String> {
-    let sum = hex(&crate::node::rebuild::file_sha256(src)
-        .map_err(|e| crate::node::preserve::ioerr(src, e))?);
+    let sum = regular_sum(src).map_err(|e| crate::node::preserve::ioerr(src, e))?;
     let dest = pool.join(format!("file-{sum}"));
-    if matches!(crate::node::rebuild::file_sha256(&dest), Ok(s) if hex(&s) == sum) {
+    if regular_sum(&dest).is_ok_and(|s| s == sum) {
         return Ok(sum);
     }
     check_space(pool, size)?;
@@ -183,6 +199,31 @@ fn copy_in(src: &Path, pool: &Path, size: u64) -> Result<String> {
             src.display()
         )));
     }
+    t.commit()?;
+    Ok(sum)
+}
+
+/// The sha256 (hex) of the regular file at `p` (not through a symlink; a FIFO is refused).
+fn regular_sum(p: &Path) -> std::io::Result<String> {
+    if !std::fs::symlink_metadata(p)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    stream(
+        &mut crate::support::fsutil::open_regular(p)?,
+        &mut std::io::sink(),
+    )
+}
+
+/// Keep `data` in the pool as `KIND-<sha256>`; returns the sha256.
+fn keep_bytes(pool: &Path, kind: &str, data: &[u8]) -> Result<String> {
+    let sum = hex(&crate::bundle::format::sha256(data));
+    let dest = pool.join(format!("{kind}-{sum}"));
+    if regular_sum(&dest).is_ok_and(|s| s == sum) {
+        return Ok(sum);
+    }
+    let mut t = private(&dest)?;
+    t.w.write_all(data)
+        .map_err(|e| crate::node::preserve::ioerr(&dest, e))?;
     t.commit()?;
     Ok(sum)
 }
@@ -293,20 +334,22 @@ fn private(dest: &Path) -> Result<TempOut> {
     Ok(t)
 }
 
-/// Owner, mode and (when given) mtime on the temp file, then rename it into place.
+/// Owner, mode, then (when given) the extended attributes (after the chown, which drops
+/// capabilities) and mtime on the temp file; then rename it into place.
 fn finish(
     mut t: TempOut,
     mode: u32,
     uid: u32,
     gid: u32,
-    mtime: Option<i64>,
+    kept: Option<(i64, &[u8])>,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     t.w.flush()?;
     let file = t.w.get_ref();
     std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
     file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
-    if let Some(s) = mtime {
+    if let Some((s, attrs)) = kept {
+        xattrs::write(file, attrs)?;
         file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.max(0) as u64))?;
     }
     t.commit().map_err(|e| std::io::Error::other(e.msg))?;
@@ -367,7 +410,7 @@ pub fn put_back(
 /// Write the pool copy named by `state` (`SHA256:MODE:UID:GID:MTIME`) over `dest`, atomically.
 fn write_back(pool: &Path, dest: &Path, state: &str) -> std::result::Result<(), String> {
     let f: Vec<&str> = state.split(':').collect();
-    let [sum, mode, uid, gid, mtime] = f[..] else {
+    let (&[sum, mode, uid, gid, mtime], x) = f.split_at(5.min(f.len())) else {
         return Err(format!("bad record {state}"));
     };
     let (Ok(mode), Ok(uid), Ok(gid), Ok(mtime)) = (
@@ -378,7 +421,27 @@ fn write_back(pool: &Path, dest: &Path, state: &str) -> std::result::Result<(), 
     ) else {
         return Err(format!("bad record {state}"));
     };
+    // The extended attributes first: a damaged record stops before anything is written.
+    let attrs = match x {
+        [] => Vec::new(),
+        [x] => {
+            let p = pool.join(format!("xattr-{x}"));
+            let data = crate::support::fsutil::read_capped(&p, 1 << 20)
+                .map_err(|e| format!("kept attributes {}: {e}", p.display()))?;
+            if hex(&crate::bundle::format::sha256(&data)) != *x {
+                return Err(format!(
+                    "kept attributes {} changed (sha256 mismatch)",
+                    p.display()
+                ));
+            }
+            data
+        }
+        _ => return Err(format!("bad record {state}")),
+    };
     let src = pool.join(format!("file-{sum}"));
+    if !std::fs::symlink_metadata(&src).is_ok_and(|m| m.is_file()) {
+        return Err(format!("kept copy {}: missing", src.display()));
+    }
     let mut from = crate::support::fsutil::open_regular(&src)
         .map_err(|e| format!("kept copy {}: {e}", src.display()))?;
     let mut t = private(dest).map_err(|e| e.msg)?;
@@ -388,7 +451,7 @@ fn write_back(pool: &Path, dest: &Path, state: &str) -> std::result::Result<(), 
             src.display()
         ));
     }
-    finish(t, mode, uid, gid, Some(mtime)).map_err(|e| e.to_string())
+    finish(t, mode, uid, gid, Some((mtime, &attrs))).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

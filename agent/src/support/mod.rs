@@ -12,3 +12,4 @@ pub mod testhook;
 pub mod text;
 pub mod tz;
 pub mod window;
+pub mod xattr;

@@ -82,6 +82,8 @@ struct F<'a> {
     whole: bool,
     /// Not on disk: carried as zeros (the set deletes it again after the restore).
     gone: bool,
+    /// The inode on disk (0: not a regular file), to tell hardlinks still linked.
+    disk_ino: u64,
 }
 
 /// Repack the installed `name` into `dir/NAME-VERSION-RELEASE.ARCH.<identity>.rpm`, reusing an
@@ -131,6 +133,7 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
                     data: true,
                     whole: false,
                     gone: false,
+                    disk_ino: 0,
                 });
             }
         } else if l == "END" {
@@ -220,6 +223,7 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
                             && m.len() == f.n[2]
                             && m.mode() as u64 & 0o7777 == f.n[1] & 0o7777
                             && [m.uid(), m.gid()] == owner;
+                        f.disk_ino = if m.is_file() { m.ino() } else { 0 };
                         if config || f.n[4] != 0 || !as_packaged {
                             f.whole = true;
                             f.gone = !m.is_file();
@@ -251,6 +255,24 @@ fn pack(out: &str, root: &Path, r: &mut Repacked) -> std::result::Result<(), Str
             _ => continue,
         };
         return Err(format!("{path} {why}; {FIX}"));
+    }
+    // A hardlink set carries its content once, with the last link, and rpm writes it to every
+    // link: when one link is kept whole, or the links are no longer one file on disk, every link
+    // is kept whole (they come back as separate files).
+    for i in 0..files.len() {
+        let (ino, disk) = (files[i].n[3], files[i].disk_ino);
+        let group = |g: &&F| g.n[1] & 0o170000 == REG && g.n[3] == ino;
+        if files[i].nlink > 1
+            && !files[i].whole
+            && files
+                .iter()
+                .filter(group)
+                .any(|g| g.whole || g.disk_ino != disk)
+        {
+            files[i].whole = true;
+            r.whole
+                .push((files[i].s[2].to_string(), files[i].n[0] & CONFIG != 0));
+        }
     }
     r.identity = h.finalize().into();
     r.path
@@ -318,6 +340,7 @@ const END: F = F {
     data: false,
     whole: false,
     gone: false,
+    disk_ino: 0,
 };
 
 const FIX: &str = "put the packaged file back (or set rollback_keep = 0)";
