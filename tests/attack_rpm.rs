@@ -4,56 +4,9 @@
 //! the root). Synthetic rpms in scratch rpm roots, as tests/restore_rpm.rs.
 use edgepatch_e2e::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-const VARIANT: &str = "rhel-9-x86_64";
-
-fn fleet(tag: &str) -> Fleet {
-    assert!(
-        have("dnf") && have("rpmbuild") && have("createrepo_c"),
-        "dnf, rpmbuild or createrepo_c missing; run scripts/test-deps.sh"
-    );
-    Fleet::new(tag, VARIANT, "dnf")
-}
-fn image(f: &Fleet, node: &Node, rpms: &[Rpm]) {
-    let dir = f.dir.join("image");
-    let files: Vec<PathBuf> = rpms.iter().map(|r| r.build(&dir)).collect();
-    rpm_install(&node.root, &files);
-}
-fn apply(node: &Node, bundle: &Path) -> Run {
-    let r = node.agent(&["apply", bundle.to_str().unwrap()]);
-    eprintln!("== apply exit {}\n{}{}", r.code, r.stdout, r.stderr);
-    r
-}
-fn rollback(node: &Node) -> Run {
-    let r = node.agent(&["rollback"]);
-    eprintln!("== rollback exit {}\n{}{}", r.code, r.stdout, r.stderr);
-    r
-}
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_else(|e| format!("<{}: {e}>", p.display()))
-}
-fn ls(d: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-fn rpmq(root: &Path, name: &str) -> String {
-    let q = run(Command::new("rpm")
-        .arg("--root")
-        .arg(root)
-        .args(["-q", name]));
-    q.stdout + &q.stderr
-}
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
-}
+use edgepatch_e2e::rpm_attack::*;
 
 /// A1: a 0600 %config (secret) edited after the cycle is kept as .edgepatch-saved with 0644.
 #[test]
