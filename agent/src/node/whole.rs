@@ -1,18 +1,19 @@
 //! Files a rollback set keeps whole, beside the repacked package. rpm reads exactly the header's
-//! size of each file from a payload, so a repack carries a %config file the admin edited, or any
-//! file whose size changed or that is gone, cut or zero-padded to its packaged size; and rpm
-//! itself moves %config files aside (`.rpmsave`) or leaves defaults beside them (`.rpmnew`).
-//! So before the install each such file (for %config also its `.rpmnew` and `.rpmsave`) is
-//! copied into the pool as `file-<sha256>`, with its mode, owner and mtime; after the restore
-//! `put_back` writes each back exactly and deletes those that did not exist, whatever rpm did.
-//! An edit made after the cycle (neither the pre-patch text nor what the install left) is first
-//! kept beside as `PATH.edgepatch-saved` and named: a rollback loses nothing.
+//! size of each file from a payload, and writes a hardlink set's content to every link, so a
+//! repack carries cut or zero-padded what it cannot carry exactly: a %config file, a file whose
+//! size, mode or owner changed, one that is gone or is a symlink now, the links of a set of which
+//! one is kept or that no longer share an inode. And rpm itself moves %config files aside
+//! (`.rpmsave`, `.rpmorig`) or leaves defaults beside them (`.rpmnew`). So before the install each
+//! such file (for %config also those beside it) is copied into the pool as `file-<sha256>`, with
+//! its mode, owner, mtime and extended attributes (`xattr-<sha256>`: capabilities, ACLs, SELinux
+//! label); after the restore `put_back` writes each back exactly and deletes those that did not
+//! exist, whatever rpm did. An edit made after the cycle (neither the pre-patch text nor what the
+//! install left) is first kept beside as `PATH.edgepatch-saved` and named: nothing is lost.
 //!
 //! Set key `whole`: tab-separated items `PACKAGE PATH STATE...` (PATH escaped, see [`esc`]): one
 //! STATE for a plain file, four (the file, `.rpmnew`, `.rpmsave`, `.rpmorig`) for %config; a
-//! STATE is `-` (absent), `@TARGET` (a symlink, TARGET escaped), `*` (a directory or device:
-//! left alone) or `SHA256:MODE:UID:GID:MTIME[:XATTRS_SHA256]`: the file's extended attributes
-//! (capabilities, ACLs, SELinux label) are kept in the pool as `xattr-<sha256>`. `whole_after`: `PATH FINGERPRINT...`, each
+//! STATE is `-` (absent), `@TARGET` (a symlink, TARGET escaped), `*` (a directory: left alone)
+//! or `SHA256:MODE:UID:GID:MTIME[:XATTRS_SHA256]`. `whole_after`: `PATH FINGERPRINT...`, each
 //! variant as the install left it (the sha256 for a file, else the state).
 
 use crate::node::preserve::{check_space, err, hex, TempOut};
@@ -438,6 +439,10 @@ fn write_back(pool: &Path, dest: &Path, state: &str) -> std::result::Result<(), 
         }
         _ => return Err(format!("bad record {state}")),
     };
+    let is_sum = |h: &str| h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit());
+    if !is_sum(sum) || !x.iter().all(|h| is_sum(h)) {
+        return Err(format!("bad record {state}"));
+    }
     let src = pool.join(format!("file-{sum}"));
     if !std::fs::symlink_metadata(&src).is_ok_and(|m| m.is_file()) {
         return Err(format!("kept copy {}: missing", src.display()));
