@@ -753,3 +753,68 @@ fn rpm_rollback_over_a_failing_preun_ends_with_the_image_entry_alone() {
         "ep-stuck 1.0\n"
     );
 }
+
+/// Multilib: one name installed for two architectures (a 32-bit till application's libraries
+/// beside the 64-bit ones). Both are repacked, upgraded together, and come back together.
+#[test]
+fn rpm_multilib_package_comes_back_for_both_arches() {
+    let Some(f) = fleet("rpm-multilib") else {
+        return;
+    };
+    let node = f.node("n");
+    // rpm tells the two apart by the ELF class of their files ("colors"): without ELF files one
+    // arch's upgrade replaces the other. So each carries an ELF file of its class (the host's
+    // /usr/bin/true, or a bare 32-bit i386 ELF header), as glibc.i686 and glibc.x86_64 do.
+    let ml = |v: &'static str, arch: &'static str| {
+        let elf = if arch == "x86_64" {
+            "cp /usr/bin/true $d/elf".to_string()
+        } else {
+            // A bare ELF header: ELF 32-bit LSB executable, Intel 80386 (52 bytes).
+            concat!(
+                "printf '\\177\\105\\114\\106\\001\\001\\001\\000\\000\\000\\000\\000\\000\\000\\000\\000\\002\\000\\003\\000\\001\\000\\000\\000\\000\\200'",
+                " > $d/elf; printf '\\004\\010\\000\\000\\000\\000\\000\\000\\000\\000\\000\\000\\000\\000\\064\\000\\040\\000\\000\\000\\050\\000\\000\\000\\000\\000' >> $d/elf; chmod 755 $d/elf"
+            )
+            .to_string()
+        };
+        Rpm::new("ep-ml", v)
+            .arch(arch)
+            .head("AutoReqProv: no\n")
+            .files(
+                Box::leak(
+                    format!(
+                        "d=$RPM_BUILD_ROOT/opt/ep-ml/{arch}; mkdir -p $d; echo '{v} {arch}' > $d/lib\n{elf}\n"
+                    )
+                    .into_boxed_str(),
+                ),
+                Box::leak(format!("/opt/ep-ml/{arch}\n").into_boxed_str()),
+            )
+    };
+    image(&f, &node, &[ml("1.0", "x86_64"), ml("1.0", "i686")]);
+    let q = |root: &Path| {
+        let mut v: Vec<String> = run(Command::new("rpm")
+            .arg("--root")
+            .arg(root)
+            .args(["-q", "ep-ml"]))
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(q(&node.root), ["ep-ml-1.0-1.i686", "ep-ml-1.0-1.x86_64"]);
+    let c1 = f.rpms("c1", 1, &[ml("2.0", "x86_64"), ml("2.0", "i686")], &[]);
+    let r = apply(&node, &c1).expect(0);
+    assert!(r.stdout.contains("2 package(s) changed"), "{}", r.stdout);
+    assert_eq!(q(&node.root), ["ep-ml-2.0-1.i686", "ep-ml-2.0-1.x86_64"]);
+    let r = node.agent(&["rollback"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(q(&node.root), ["ep-ml-1.0-1.i686", "ep-ml-1.0-1.x86_64"]);
+    for arch in ["x86_64", "i686"] {
+        let lib = node.root.join(format!("opt/ep-ml/{arch}/lib"));
+        assert_eq!(
+            std::fs::read_to_string(lib).unwrap(),
+            format!("1.0 {arch}\n")
+        );
+    }
+}

@@ -363,6 +363,8 @@ pub struct Rpm<'a> {
     pub install: &'a str,
     pub files: &'a str,
     pub payload: &'a str,
+    /// `noarch` unless set (`x86_64`, `i686`: one name for two arches is multilib).
+    pub arch: &'a str,
 }
 
 impl<'a> Rpm<'a> {
@@ -377,7 +379,13 @@ impl<'a> Rpm<'a> {
             install: "",
             files: "",
             payload: "",
+            arch: "noarch",
         }
+    }
+
+    pub fn arch(mut self, arch: &'a str) -> Self {
+        self.arch = arch;
+        self
     }
 
     /// More preamble lines (`Obsoletes: x`, `Provides: y`, `AutoReqProv: no`).
@@ -435,9 +443,15 @@ impl<'a> Rpm<'a> {
         let _ = std::fs::remove_dir_all(&top);
         std::fs::create_dir_all(top.join("SPECS")).unwrap();
         let mut spec = format!(
-            "Name: {n}\nVersion: {v}\nRelease: 1\nSummary: edgepatch test\nLicense: MIT\nBuildArch: noarch\n",
+            "Name: {n}\nVersion: {v}\nRelease: 1\nSummary: edgepatch test\nLicense: MIT\n{a}",
             n = self.name,
-            v = self.version
+            v = self.version,
+            // (An arch package is built with --target: this rpm refuses BuildArch: i686.)
+            a = if self.arch == "noarch" {
+                "BuildArch: noarch\n"
+            } else {
+                ""
+            }
         );
         if !self.requires.is_empty() {
             spec += &format!("Requires: {}\n", self.requires);
@@ -470,11 +484,14 @@ impl<'a> Rpm<'a> {
             cmd.arg("--define")
                 .arg(format!("_binary_payload {}", self.payload));
         }
+        if self.arch != "noarch" {
+            cmd.args(["--target", self.arch]);
+        }
         run(cmd.args(["--quiet", "-bb"]).arg(&spec_path)).expect(0);
-        let name = format!("{}-{}-1.noarch.rpm", self.name, self.version);
+        let name = format!("{}-{}-1.{}.rpm", self.name, self.version, self.arch);
         std::fs::create_dir_all(out_dir).unwrap();
         let out = out_dir.join(&name);
-        std::fs::copy(top.join("RPMS/noarch").join(&name), &out).unwrap();
+        std::fs::copy(top.join("RPMS").join(self.arch).join(&name), &out).unwrap();
         std::fs::remove_dir_all(&top).unwrap();
         out
     }

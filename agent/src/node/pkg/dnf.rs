@@ -57,8 +57,42 @@ impl Dnf {
         c
     }
 
-    fn spec_args(specs: &[(String, String)]) -> Vec<String> {
-        specs.iter().map(|(n, v)| format!("{n}-{v}")).collect()
+    /// `NAME-VERSION` per target; for a name installed for two arches (multilib), one
+    /// `NAME-VERSION.ARCH` per installed arch (dnf would otherwise upgrade the best arch only).
+    fn spec_args(&self, specs: &[(String, String)]) -> R<Vec<String>> {
+        let names: Vec<&String> = specs.iter().map(|(n, _)| n).collect();
+        let multi = self.multilib(&names)?;
+        let mut args = Vec::new();
+        for (n, v) in specs {
+            if !multi.iter().any(|(m, _)| m == n) {
+                args.push(format!("{n}-{v}"));
+            }
+            for (_, arch) in multi.iter().filter(|(m, _)| m == n) {
+                args.push(format!("{n}-{v}.{arch}"));
+            }
+        }
+        Ok(args)
+    }
+
+    /// Of the installed `names`, those installed for more than one arch: (name, arch) rows.
+    fn multilib(&self, names: &[&String]) -> R<Vec<(String, String)>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .rpm()
+            .args(["-q", "--qf", "%{NAME}\t%{ARCH}\n"])
+            .args(names)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let multi = multilib_names(&out.stdout);
+        Ok(out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .filter(|(n, _)| multi.iter().any(|m| m == n))
+            .map(|(n, a)| (n.to_string(), a.to_string()))
+            .collect())
     }
 }
 
@@ -115,16 +149,22 @@ impl PackageManager for Dnf {
     fn installed(&self, names: &[String]) -> R<Vec<Option<String>>> {
         let out = self
             .rpm()
-            .args(["-q", "--qf", "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\n"])
+            .args([
+                "-q",
+                "--qf",
+                "%{NAME}\t%{NAME}.%{ARCH}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\n",
+            ])
             .args(names)
             .output()
             .map_err(|e| e.to_string())?;
+        // `names` are NAME, or NAME.ARCH for a multilib package.
         Ok(names
             .iter()
             .map(|n| {
                 out.stdout.lines().find_map(|l| {
-                    let (name, evr) = l.split_once('\t')?;
-                    (name == n).then(|| evr.trim_start_matches("0:").to_string())
+                    let mut w = l.split('\t');
+                    let (name, arched, evr) = (w.next()?, w.next()?, w.next()?);
+                    (name == n || arched == n).then(|| evr.trim_start_matches("0:").to_string())
                 })
             })
             .collect())
@@ -143,18 +183,30 @@ impl PackageManager for Dnf {
         // tsflags=test runs the whole rpm transaction check without changing anything; -v
         // makes dnf 4 log its resolved plan, one `---> Package` line per package (the summary
         // table wraps long names and shows no old versions).
-        self.dnf(repo)
+        let o = self
+            .dnf(repo)
             .args(["-v", "--setopt=tsflags=test", "install"])
-            .args(Self::spec_args(specs))
-            .run()
-            .map(|o| parse_plan(&o.stdout))
+            .args(self.spec_args(specs)?)
+            .run()?;
+        // The plan's installed names (dependencies too) that are multilib change per arch.
+        let names: Vec<String> = parse_plan(&o.stdout, &[])
+            .into_iter()
+            .filter(|c| c.old.is_some())
+            .map(|c| c.name)
+            .collect();
+        let multi: Vec<String> = self
+            .multilib(&names.iter().collect::<Vec<_>>())?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        Ok(parse_plan(&o.stdout, &multi))
     }
 
     fn install(&self, repo: &Path, specs: &[(String, String)]) -> R<()> {
         let out = self
             .dnf(repo)
             .arg("install")
-            .args(Self::spec_args(specs))
+            .args(self.spec_args(specs)?)
             .run()?;
         scriptlet_failure(&out)
     }
@@ -201,7 +253,7 @@ impl PackageManager for Dnf {
                 .stdout
                 .lines()
                 .map(|l| l.split('\t').collect::<Vec<_>>())
-                .filter(|w| w.len() == 4 && w[0] == name)
+                .filter(|w| w.len() == 4 && (w[0] == name || format!("{}.{}", w[0], w[2]) == *name))
                 .collect();
             let is_want = |w: &Vec<&str>| w[1].trim_start_matches("0:") == want;
             if rows.len() < 2
@@ -316,7 +368,11 @@ impl PackageManager for Dnf {
 
     fn audit(&self) -> R<()> {
         // Two versions of one package installed at once means an interrupted transaction.
-        let out = self.rpm().args(["-qa", "--qf", "%{NAME}\n"]).run()?;
+        // (Per NAME.ARCH: one name for two arches is multilib, not a duplicate.)
+        let out = self
+            .rpm()
+            .args(["-qa", "--qf", "%{NAME}.%{ARCH}\n"])
+            .run()?;
         let mut names: Vec<&str> = out
             .stdout
             .lines()
@@ -324,7 +380,10 @@ impl PackageManager for Dnf {
             .collect();
         names.sort_unstable();
         match names.windows(2).find(|w| w[0] == w[1]) {
-            Some(w) => Err(format!("rpmdb holds two versions of {}", w[0])),
+            Some(w) => Err(format!(
+                "rpmdb holds two versions of {}",
+                w[0].rsplit_once('.').map_or(w[0], |(n, _)| n)
+            )),
             None => Ok(()),
         }
     }
@@ -344,9 +403,11 @@ fn scriptlet_failure(out: &crate::support::cmd::Output) -> R<()> {
 
 /// The changes in dnf 4's `-v` plan: `---> Package NAME.ARCH EVR will be WHAT`, where WHAT is
 /// `upgraded`, `downgraded`, `obsoleted`, `erased` (the installed version) or `installed`,
-/// `an upgrade`, `a downgrade` (the new one). One Change per name.
-pub fn parse_plan(out: &str) -> Vec<Change> {
-    let mut v: Vec<Change> = Vec::new();
+/// `an upgrade`, `a downgrade` (the new one). One Change per name; per `NAME.ARCH` for a name
+/// the plan has for two arches or that `multilib` names (installed for two: rpm takes
+/// `NAME.ARCH` wherever it takes a name).
+pub fn parse_plan(out: &str, multilib: &[String]) -> Vec<Change> {
+    let mut rows = Vec::new();
     for l in out.lines() {
         let Some((na, rest)) = l
             .trim()
@@ -355,27 +416,56 @@ pub fn parse_plan(out: &str) -> Vec<Change> {
         else {
             continue;
         };
-        let (Some((name, _)), Some((evr, what))) =
+        let (Some((name, arch)), Some((evr, what))) =
             (na.rsplit_once('.'), rest.split_once(" will be "))
         else {
             continue;
         };
         let old = matches!(what, "upgraded" | "downgraded" | "obsoleted" | "erased");
-        if !old && !matches!(what, "installed" | "an upgrade" | "a downgrade") {
-            continue;
+        if old || matches!(what, "installed" | "an upgrade" | "a downgrade") {
+            rows.push((name, arch, evr, old));
         }
-        if !v.iter().any(|c| c.name == name) {
+    }
+    let mut v: Vec<Change> = Vec::new();
+    for &(name, arch, evr, old) in &rows {
+        let two = rows.iter().any(|r| r.0 == name && r.1 != arch);
+        let key = if two || multilib.iter().any(|m| m == name) {
+            format!("{name}.{arch}")
+        } else {
+            name.to_string()
+        };
+        if !v.iter().any(|c| c.name == key) {
             v.push(Change {
-                name: name.to_string(),
+                name: key.clone(),
                 old: None,
                 new: None,
             });
         }
-        if let Some(c) = v.iter_mut().find(|c| c.name == name) {
+        if let Some(c) = v.iter_mut().find(|c| c.name == key) {
             *(if old { &mut c.old } else { &mut c.new }) = Some(evr.to_string());
         }
     }
     v
+}
+
+/// Of `out`'s `NAME\tARCH...` lines, the names that appear with more than one arch.
+fn multilib_names(out: &str) -> Vec<String> {
+    let mut rows: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split('\t');
+            Some((w.next()?, w.next()?))
+        })
+        .collect();
+    rows.sort_unstable();
+    rows.dedup();
+    let mut names: Vec<String> = rows
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0)
+        .map(|w| w[0].0.to_string())
+        .collect();
+    names.dedup();
+    names
 }
 
 #[cfg(test)]
@@ -396,13 +486,33 @@ mod tests {
             new: v.map(Into::into),
         };
         assert_eq!(
-            parse_plan(out),
+            parse_plan(out, &[]),
             vec![
                 ch("ep-dep", None, Some("1.0-1")),
                 ch("ep-new", None, Some("1:2.0-1")),
                 ch("ep-old", Some("1.0-1"), None),
                 ch("ep-a", Some("1.0-1"), Some("2.0-1")),
             ]
+        );
+        // Multilib: a name the plan has for two arches, or that is installed for two, changes
+        // per NAME.ARCH.
+        let out = "---> Package ml.i686 1.0-1 will be upgraded\n\
+                   ---> Package ml.i686 2.0-1 will be an upgrade\n\
+                   ---> Package ml.x86_64 1.0-1 will be upgraded\n\
+                   ---> Package ml.x86_64 2.0-1 will be an upgrade\n\
+                   ---> Package lib.x86_64 1.0-1 will be upgraded\n\
+                   ---> Package lib.x86_64 2.0-1 will be an upgrade\n";
+        assert_eq!(
+            parse_plan(out, &["lib".to_string()]),
+            vec![
+                ch("ml.i686", Some("1.0-1"), Some("2.0-1")),
+                ch("ml.x86_64", Some("1.0-1"), Some("2.0-1")),
+                ch("lib.x86_64", Some("1.0-1"), Some("2.0-1")),
+            ]
+        );
+        assert_eq!(
+            multilib_names("a\tx86_64\nb\tnoarch\na\ti686\na\ti686\n"),
+            ["a"]
         );
     }
 }
