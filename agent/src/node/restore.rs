@@ -126,8 +126,10 @@ pub fn restore_packages(
     // dpkg installs in command-line order and refuses a package whose Pre-Depends pins an exact
     // version of another one not yet put back (libpam-modules on libpam-modules-bin): go again
     // with what is still not back, as long as each pass makes progress.
+    // (apt only: rpm orders its transaction itself, and rpm -U of one multilib arch's copy
+    // would erase the other arch, rpm #2837.)
     let mut left = files.len();
-    while done.is_err() && left > 0 {
+    while done.is_err() && left > 0 && pm.name() == "apt" {
         let Ok(now) = pm.installed(&names) else { break };
         let retry: Vec<PathBuf> = pre
             .iter()

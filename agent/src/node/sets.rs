@@ -112,8 +112,14 @@ pub fn preserve(
         bytes += r.bytes;
         versions.push((name.to_string(), Some(old.clone())));
     }
+    // (A plain NAME is left out where the plan keys it per arch, NAME.ARCH: multilib.)
+    let per_arch = |m: &str, n: &str| {
+        m.strip_prefix(n)
+            .and_then(|r| r.strip_prefix('.'))
+            .is_some_and(|a| !a.is_empty() && !a.contains(['.', '-']))
+    };
     for (n, v) in pre {
-        if !versions.iter().any(|(m, _)| m == n) {
+        if !versions.iter().any(|(m, _)| m == n || per_arch(m, n)) {
             versions.push((n.clone(), v.clone()));
         }
     }

@@ -279,7 +279,7 @@ pub fn save_later_edits(
             Some((unesc(w.next()?), w.collect()))
         })
         .collect();
-    let mut saved = Vec::new();
+    let (mut saved, mut seen) = (Vec::new(), Vec::new());
     for i in items(set).filter(|i| i.states.len() == 4 && names.iter().any(|n| n == i.package)) {
         let left = after.iter().find(|(p, _)| *p == i.path).map(|(_, v)| v);
         for (k, sfx) in CONFIG_SUFFIXES.iter().enumerate() {
@@ -295,7 +295,11 @@ pub fn save_later_edits(
             if sum == was || sum == fp(i.states[k]) {
                 continue;
             }
-            saved.push(save_copy(root, &full, &now)?);
+            // (One path kept by two packages, multilib arches: one copy.)
+            if !seen.contains(&full) {
+                saved.push(save_copy(root, &full, &now)?);
+                seen.push(full);
+            }
         }
     }
     Ok(saved)

@@ -57,43 +57,108 @@ impl Dnf {
         c
     }
 
-    /// `NAME-VERSION` per target; for a name installed for two arches (multilib), one
-    /// `NAME-VERSION.ARCH` per installed arch (dnf would otherwise upgrade the best arch only).
-    fn spec_args(&self, specs: &[(String, String)]) -> R<Vec<String>> {
+    /// `NAME-VERSION` per target; `NAME-VERSION.ARCH` per installed arch for a name installed
+    /// for two arches (multilib), or installed and offered for two (for `NAME-VERSION` dnf
+    /// upgrades the best arch only, or installs the other arch new to match it).
+    fn spec_args(&self, repo: &Path, specs: &[(String, String)]) -> R<Vec<String>> {
         let names: Vec<&String> = specs.iter().map(|(n, _)| n).collect();
-        let multi = self.multilib(&names)?;
+        let installed = self.installed_arches(&names)?;
+        let offered = self.offered_arches(repo);
         let mut args = Vec::new();
         for (n, v) in specs {
-            if !multi.iter().any(|(m, _)| m == n) {
-                args.push(format!("{n}-{v}"));
+            let archs = |rows: &[(String, String)]| {
+                let mut a: Vec<String> = rows
+                    .iter()
+                    .filter(|(m, _)| m == n)
+                    .map(|(_, a)| a.split(' ').next().unwrap_or(a).to_string())
+                    .collect();
+                a.sort_unstable();
+                a.dedup();
+                a
+            };
+            let (have, offer) = (archs(&installed), archs(&offered));
+            // rpm -U of one arch erases the other arch's package of the same version (rpm
+            // #2837): one arch already at the target cannot have the other brought up to it.
+            let mut versions: Vec<&str> = installed
+                .iter()
+                .filter(|(m, _)| m == n)
+                .filter_map(|(_, a)| a.split_once(' ').map(|(_, v)| v))
+                .collect();
+            versions.sort_unstable();
+            versions.dedup();
+            if versions.len() > 1 && versions.iter().any(|x| x.trim_start_matches("0:") == v) {
+                return Err(format!(
+                    "{n} is installed at different versions for its arches ({}); rpm cannot \
+                     upgrade one to the version of the other: bring them to one version first",
+                    installed
+                        .iter()
+                        .filter(|(m, _)| m == n)
+                        .map(|(_, a)| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
             }
-            for (_, arch) in multi.iter().filter(|(m, _)| m == n) {
-                args.push(format!("{n}-{v}.{arch}"));
+            if have.len() > 1 || (!have.is_empty() && offer.len() > 1) {
+                args.extend(have.iter().map(|a| format!("{n}-{v}.{a}")));
+            } else {
+                args.push(format!("{n}-{v}"));
             }
         }
         Ok(args)
     }
 
-    /// Of the installed `names`, those installed for more than one arch: (name, arch) rows.
-    fn multilib(&self, names: &[&String]) -> R<Vec<(String, String)>> {
+    /// (name, "ARCH EVR") of each installed package of `names`.
+    fn installed_arches(&self, names: &[&String]) -> R<Vec<(String, String)>> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
         let out = self
             .rpm()
-            .args(["-q", "--qf", "%{NAME}\t%{ARCH}\n"])
+            .args([
+                "-q",
+                "--qf",
+                "%{NAME}\t%{ARCH} %{EPOCHNUM}:%{VERSION}-%{RELEASE}\n",
+            ])
             .args(names)
             .output()
             .map_err(|e| e.to_string())?;
-        let multi = multilib_names(&out.stdout);
-        Ok(out
-            .stdout
-            .lines()
-            .filter_map(|l| l.split_once('\t'))
-            .filter(|(n, _)| multi.iter().any(|m| m == n))
-            .map(|(n, a)| (n.to_string(), a.to_string()))
-            .collect())
+        Ok(arch_rows(&out.stdout))
     }
+
+    /// (name, arch) of each package in the staged repository.
+    fn offered_arches(&self, repo: &Path) -> Vec<(String, String)> {
+        let pool = repo.join("pool");
+        let files: Vec<PathBuf> = std::fs::read_dir(&pool)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.ok().map(|d| d.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "rpm"))
+            .collect();
+        if files.is_empty() {
+            return Vec::new();
+        }
+        Cmd::new("rpm")
+            .args([
+                "-qp",
+                "--nosignature",
+                "--nodigest",
+                "--qf",
+                "%{NAME}\t%{ARCH}\n",
+            ])
+            .args(&files)
+            .output()
+            .map(|o| arch_rows(&o.stdout))
+            .unwrap_or_default()
+    }
+}
+
+/// `NAME\tARCH` lines as rows (other lines, such as "package X is not installed", skipped).
+fn arch_rows(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, a)| !a.is_empty() && !a.contains('\t'))
+        .map(|(n, a)| (n.to_string(), a.to_string()))
+        .collect()
 }
 
 impl PackageManager for Dnf {
@@ -157,17 +222,26 @@ impl PackageManager for Dnf {
             .args(names)
             .output()
             .map_err(|e| e.to_string())?;
-        // `names` are NAME, or NAME.ARCH for a multilib package.
-        Ok(names
-            .iter()
-            .map(|n| {
-                out.stdout.lines().find_map(|l| {
-                    let mut w = l.split('\t');
-                    let (name, arched, evr) = (w.next()?, w.next()?, w.next()?);
-                    (name == n || arched == n).then(|| evr.trim_start_matches("0:").to_string())
-                })
-            })
-            .collect())
+        // `names` are NAME, or NAME.ARCH for a multilib package. A plain name installed for two
+        // arches at two versions reads as the lower one (so an offered upgrade still counts).
+        let mut v = Vec::new();
+        for n in names {
+            let mut found: Option<String> = None;
+            for l in out.stdout.lines() {
+                let w: Vec<&str> = l.split('\t').collect();
+                if let [name, arched, evr] = w[..] {
+                    if name == n || arched == n {
+                        let evr = evr.trim_start_matches("0:").to_string();
+                        found = match found {
+                            Some(f) if !self.newer(&f, &evr)? => Some(f),
+                            _ => Some(evr),
+                        };
+                    }
+                }
+            }
+            v.push(found);
+        }
+        Ok(v)
     }
 
     fn newer(&self, a: &str, b: &str) -> R<bool> {
@@ -186,29 +260,43 @@ impl PackageManager for Dnf {
         let o = self
             .dnf(repo)
             .args(["-v", "--setopt=tsflags=test", "install"])
-            .args(self.spec_args(specs)?)
+            .args(self.spec_args(repo, specs)?)
             .run()?;
-        // The plan's installed names (dependencies too) that are multilib change per arch.
+        // The plan's names (dependencies too) installed for an arch the plan does not name
+        // change per arch: a new i686 beside an installed x86_64 is not an install of the name.
         let names: Vec<String> = parse_plan(&o.stdout, &[])
             .into_iter()
-            .filter(|c| c.old.is_some())
             .map(|c| c.name)
             .collect();
-        let multi: Vec<String> = self
-            .multilib(&names.iter().collect::<Vec<_>>())?
+        let installed: Vec<(String, String)> = self
+            .installed_arches(&names.iter().collect::<Vec<_>>())?
             .into_iter()
-            .map(|(n, _)| n)
+            .map(|(n, a)| (n, a.split(' ').next().unwrap_or_default().to_string()))
             .collect();
-        Ok(parse_plan(&o.stdout, &multi))
+        Ok(parse_plan(&o.stdout, &installed))
     }
 
     fn install(&self, repo: &Path, specs: &[(String, String)]) -> R<()> {
+        let names: Vec<&String> = specs.iter().map(|(n, _)| n).collect();
+        let arch_of = |rows: Vec<(String, String)>| -> Vec<String> {
+            rows.into_iter()
+                .map(|(n, a)| format!("{n}.{}", a.split(' ').next().unwrap_or_default()))
+                .collect()
+        };
+        let before = arch_of(self.installed_arches(&names)?);
         let out = self
             .dnf(repo)
             .arg("install")
-            .args(self.spec_args(specs)?)
+            .args(self.spec_args(repo, specs)?)
             .run()?;
-        scriptlet_failure(&out)
+        scriptlet_failure(&out)?;
+        // Every arch of a target that was installed still is (rpm can erase a multilib
+        // package's other arch, rpm #2837).
+        let after = arch_of(self.installed_arches(&names)?);
+        match before.iter().find(|b| !after.contains(b)) {
+            Some(gone) => Err(format!("the install removed {gone}")),
+            None => Ok(()),
+        }
     }
 
     fn repair(&self) -> R<()> {
@@ -226,11 +314,17 @@ impl PackageManager for Dnf {
         // without their scriptlets (one of those failed); the pre-patch entry goes from the
         // database only: its files stay until the restore writes them again. Not for multilib
         // (one name, several arches: that is no duplicate).
-        let names: Vec<&str> = pre
+        // (NAME.ARCH keys are queried by their NAME too: another arch's entries show there.)
+        let mut names: Vec<&str> = pre
             .iter()
             .filter(|(_, w)| w.is_some())
             .map(|(n, _)| n.as_str())
             .collect();
+        let bases: Vec<&str> = names
+            .iter()
+            .filter_map(|n| n.rsplit_once('.').map(|(b, _)| b))
+            .collect();
+        names.extend(bases);
         if names.is_empty() {
             return Vec::new();
         }
@@ -249,22 +343,37 @@ impl PackageManager for Dnf {
         let mut fixed = Vec::new();
         for (name, want) in pre {
             let Some(want) = want else { continue };
-            let rows: Vec<Vec<&str>> = out
+            let mut all: Vec<Vec<&str>> = out
                 .stdout
                 .lines()
                 .map(|l| l.split('\t').collect::<Vec<_>>())
-                .filter(|w| w.len() == 4 && (w[0] == name || format!("{}.{}", w[0], w[2]) == *name))
+                .filter(|w| w.len() == 4)
                 .collect();
+            all.sort_unstable();
+            all.dedup();
+            let rows: Vec<&Vec<&str>> = all
+                .iter()
+                .filter(|w| w[0] == name || format!("{}.{}", w[0], w[2]) == *name)
+                .collect();
+            // Multilib: rpm -U of one arch's copy erases the other arch's same version (rpm
+            // #2837), so no repair here; the restore says what is not back.
+            if rows
+                .first()
+                .is_some_and(|r| all.iter().any(|w| w[0] == r[0] && w[2] != r[2]))
+            {
+                continue;
+            }
             let is_want = |w: &Vec<&str>| w[1].trim_start_matches("0:") == want;
             if rows.len() < 2
                 || rows.iter().any(|w| w[2] != rows[0][2])
-                || !rows.iter().any(is_want)
-                || rows.iter().all(is_want)
+                || !rows.iter().any(|w| is_want(w))
+                || rows.iter().all(|w| is_want(w))
                 || !has_copy(name, want)
             {
                 continue;
             }
-            let (keep, other): (Vec<_>, Vec<_>) = rows.iter().partition(|w| is_want(w));
+            let (keep, other): (Vec<&Vec<&str>>, Vec<_>) =
+                rows.iter().copied().partition(|w| is_want(w));
             let erase = |extra: &[&str], which: &[&Vec<&str>]| {
                 self.rpm()
                     .args(["-e", "--nodeps", "--noscripts", "--notriggers"])
@@ -404,9 +513,9 @@ fn scriptlet_failure(out: &crate::support::cmd::Output) -> R<()> {
 /// The changes in dnf 4's `-v` plan: `---> Package NAME.ARCH EVR will be WHAT`, where WHAT is
 /// `upgraded`, `downgraded`, `obsoleted`, `erased` (the installed version) or `installed`,
 /// `an upgrade`, `a downgrade` (the new one). One Change per name; per `NAME.ARCH` for a name
-/// the plan has for two arches or that `multilib` names (installed for two: rpm takes
-/// `NAME.ARCH` wherever it takes a name).
-pub fn parse_plan(out: &str, multilib: &[String]) -> Vec<Change> {
+/// that the plan and `installed` (name, arch) rows have for two arches together (multilib:
+/// rpm takes `NAME.ARCH` wherever it takes a name).
+pub fn parse_plan(out: &str, installed: &[(String, String)]) -> Vec<Change> {
     let mut rows = Vec::new();
     for l in out.lines() {
         let Some((na, rest)) = l
@@ -428,8 +537,9 @@ pub fn parse_plan(out: &str, multilib: &[String]) -> Vec<Change> {
     }
     let mut v: Vec<Change> = Vec::new();
     for &(name, arch, evr, old) in &rows {
-        let two = rows.iter().any(|r| r.0 == name && r.1 != arch);
-        let key = if two || multilib.iter().any(|m| m == name) {
+        let two = rows.iter().any(|r| r.0 == name && r.1 != arch)
+            || installed.iter().any(|(n, a)| n == name && a != arch);
+        let key = if two {
             format!("{name}.{arch}")
         } else {
             name.to_string()
@@ -446,26 +556,6 @@ pub fn parse_plan(out: &str, multilib: &[String]) -> Vec<Change> {
         }
     }
     v
-}
-
-/// Of `out`'s `NAME\tARCH...` lines, the names that appear with more than one arch.
-fn multilib_names(out: &str) -> Vec<String> {
-    let mut rows: Vec<(&str, &str)> = out
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split('\t');
-            Some((w.next()?, w.next()?))
-        })
-        .collect();
-    rows.sort_unstable();
-    rows.dedup();
-    let mut names: Vec<String> = rows
-        .windows(2)
-        .filter(|w| w[0].0 == w[1].0)
-        .map(|w| w[0].0.to_string())
-        .collect();
-    names.dedup();
-    names
 }
 
 #[cfg(test)]
@@ -503,16 +593,22 @@ mod tests {
                    ---> Package lib.x86_64 1.0-1 will be upgraded\n\
                    ---> Package lib.x86_64 2.0-1 will be an upgrade\n";
         assert_eq!(
-            parse_plan(out, &["lib".to_string()]),
+            parse_plan(out, &[("lib".into(), "i686".into())]),
             vec![
                 ch("ml.i686", Some("1.0-1"), Some("2.0-1")),
                 ch("ml.x86_64", Some("1.0-1"), Some("2.0-1")),
                 ch("lib.x86_64", Some("1.0-1"), Some("2.0-1")),
             ]
         );
+        // A new i686 beside an installed x86_64 is a change of ml.i686, not an install of ml.
+        let out = "---> Package ml.i686 1.0-1 will be installed\n";
         assert_eq!(
-            multilib_names("a\tx86_64\nb\tnoarch\na\ti686\na\ti686\n"),
-            ["a"]
+            parse_plan(out, &[("ml".into(), "x86_64".into())]),
+            vec![ch("ml.i686", None, Some("1.0-1"))]
+        );
+        assert_eq!(
+            arch_rows("a\tx86_64\npackage b is not installed\n"),
+            [("a".to_string(), "x86_64".to_string())]
         );
     }
 }
