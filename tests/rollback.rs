@@ -108,6 +108,13 @@ fn failed_health_check_rolls_back_packages_and_refuses_the_cycle() {
         st.contains("\"result\":\"health-failed\"") && st.contains("\"installed_sequence\":1"),
         "{st}"
     );
+    // The technician sees which cycle this node will not take again.
+    assert!(st.contains("\"refused\":[\"c2\"]"), "{st}");
+    let text = node.agent(&["status"]).expect(0).stdout;
+    assert!(
+        text.contains("refused   c2 (never applied again here"),
+        "{text}"
+    );
     // The same cycle is never tried again on this node, even once health would pass.
     std::fs::remove_file(node.root.with_file_name("unhealthy")).unwrap();
     let r = apply(&node, &c2).expect(4);

@@ -81,6 +81,8 @@ pub struct Status {
     pub warnings: Vec<String>,
     /// What the next `rollback` restores: (cycle, packages, bytes preserved).
     pub next_rollback: Option<(String, u64, u64)>,
+    /// Cycles this node will not apply again (rolled back, ordered back or halted, failed).
+    pub refused: Vec<String>,
     /// The last restore left packages not at their pre-patch versions.
     pub needs_attention: Option<String>,
 }
@@ -115,6 +117,7 @@ impl Status {
             needs_attention: std::fs::read_to_string(crate::node::restore::attention_path(sd))
                 .ok()
                 .map(|t| t.trim().to_string()),
+            refused: crate::node::marks::read_list(sd, "refused"),
         }
     }
 
@@ -191,6 +194,10 @@ impl Status {
             .num("reports_rejected", self.rejected.len() as u64)
             .opt_str("key_fingerprint", self.key_fingerprint.as_deref())
             .raw(
+                "refused",
+                &json::array(self.refused.iter().map(|c| json::string(c))),
+            )
+            .raw(
                 "warnings",
                 &json::array(self.warnings.iter().map(|w| json::string(w))),
             )
@@ -246,6 +253,12 @@ impl Status {
         }
         if let Some(a) = &self.needs_attention {
             s += &format!("ATTENTION {a}\n");
+        }
+        if !self.refused.is_empty() {
+            s += &format!(
+                "refused   {} (never applied again here; ship a fix as a new cycle)\n",
+                self.refused.join(" ")
+            );
         }
         if self.alert() {
             s += "ALERT     a bundle failed verification; see quarantine/\n";
