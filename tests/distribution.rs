@@ -198,7 +198,12 @@ fn publish_lays_out_signed_index_and_prunes() {
     let b3 = f.bundle("c3", 3, 20_000);
     let order = f.dir.join("halt-c3.order");
     std::fs::write(&order, "edgepatch-order 1\nkind halt\n--- signatures\n").unwrap();
-    f.publish(&[&b1, &b2], &[]);
+    let out = f.publish(&[&b1, &b2], &[]).stdout;
+    // Dates an operator can read, not epoch seconds.
+    assert!(
+        out.contains(" published 20") && out.contains("Z expires 20"),
+        "{out}"
+    );
     let first = std::fs::read_to_string(f.index()).unwrap();
     assert!(
         first.starts_with("edgepatch-index 1\nvariant debian-12-amd64\n"),

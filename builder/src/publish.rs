@@ -378,8 +378,8 @@ fn publish_variant(
     println!(
         "index {} published {} expires {}: {} bundle(s), {} order(s), newest sequence {}",
         index_path.display(),
-        index.published,
-        index.expires,
+        edgepatch::support::clock::iso_utc(index.published),
+        edgepatch::support::clock::iso_utc(index.expires),
         index.bundles.len(),
         index.orders.len(),
         index
