@@ -1037,3 +1037,35 @@ fn escape_sequences_in_stick_file_names_never_reach_the_console() {
     let st = node.agent(&["status"]).stdout;
     assert!(!st.contains('\u{1b}') && !st.contains('\u{7}'), "{st:?}");
 }
+
+/// A stick that holds only bundles not for this node (another variant, one already installed)
+/// imports nothing and says so with exit 4 (`not-applicable`), not 0: a technician who brought
+/// the wrong stick sees it in `status`. With no bundle at all it stays 0.
+#[test]
+fn a_stick_with_nothing_for_this_node_exits_4_naming_what_was_skipped() {
+    let f = Fleet::new("dist-wrong-stick");
+    let stick = f.dir.join("stick");
+    std::fs::create_dir_all(&stick).unwrap();
+    let node = f.node("n", "http://127.0.0.1:9", "");
+    node.agent(&["import", stick.to_str().unwrap()]).expect(0);
+    let other = f.bundle_for("debian-12-arm64", "c1", 1, 10_000);
+    std::fs::copy(&other, stick.join("c1-arm64.epb")).unwrap();
+    let r = node.agent(&["import", stick.to_str().unwrap()]);
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("c1-arm64.epb") && r.stderr.contains("nothing on it for this node"),
+        "{}",
+        r.stderr
+    );
+    assert!(incoming(&node).is_empty(), "{:?}", incoming(&node));
+    let st = node.agent(&["status"]).stdout;
+    assert!(st.contains("import not-applicable (exit 4)"), "{st}");
+    // The right bundle beside it is imported as before (exit 0).
+    std::fs::copy(f.bundle("c2", 2, 10_000), stick.join("c2.epb")).unwrap();
+    node.agent(&["import", stick.to_str().unwrap()]).expect(0);
+    let got: Vec<String> = incoming(&node)
+        .into_iter()
+        .filter(|n| n.ends_with(".epb"))
+        .collect();
+    assert_eq!(got, ["c2.epb"]);
+}

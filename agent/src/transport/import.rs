@@ -22,6 +22,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const SPACE_MARGIN: u64 = 1 << 20;
+const NO_DUE: &str = "no due bundle";
 
 /// Lock, scan, record the result.
 pub fn command(ctx: &Ctx, dir: &Path) -> Result<String> {
@@ -107,7 +108,7 @@ pub fn scan(ctx: &Ctx, dir: &Path, info: &mut RunInfo) -> Result<String> {
     // Newest first; a copy that fails verification falls back to the next one.
     due.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
 
-    let mut done = String::from("no due bundle");
+    let mut done = String::from(NO_DUE);
     let incoming = store::incoming_dir(sd);
     for (seq, name, path, manifest_sha) in due {
         info.sequence = Some(seq);
@@ -144,6 +145,12 @@ pub fn scan(ctx: &Ctx, dir: &Path, info: &mut RunInfo) -> Result<String> {
         msg += &format!("; skipped {}", skipped.join(", "));
     }
     match bad.first() {
+        // Only bundles not for this node (another variant, older, expired): say so with exit 4,
+        // so a technician's wrong stick shows as `not-applicable` in status, not as `ok`.
+        None if info.cycle.is_none() && done == NO_DUE && !skipped.is_empty() => Err(Error::new(
+            Exit::NotApplicable,
+            format!("{msg}; nothing on it for this node"),
+        )),
         None => Ok(msg),
         Some(first) => Err(Error::new(
             first.exit,
