@@ -160,3 +160,24 @@ fn clock_behind_trusted_time_warns_and_bad_config_skips() {
         run.stdout
     );
 }
+
+/// `edgepatch keys` on the serial console: a trusted-keys path longer than a line wraps within
+/// 80 columns instead of running off the screen.
+#[test]
+fn keys_output_fits_80_columns_with_a_long_keys_path() {
+    let dir = Scratch::new("keys-80");
+    let deep = dir
+        .join("a-rather-long-directory-name-for-the-release-keys-of-this-fleet/and-another-level");
+    let (_, public) = keygen(&deep);
+    let node = node(&dir, &public, "");
+    let out = node.agent(&["keys"]).expect(0).stdout;
+    for l in out.lines() {
+        assert!(
+            l.chars().count() <= 80,
+            "{} columns: {l}",
+            l.chars().count()
+        );
+    }
+    assert!(out.contains("source: trusted_keys"), "{out}");
+    assert!(out.contains("and-another-level"), "{out}");
+}

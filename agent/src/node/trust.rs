@@ -280,5 +280,6 @@ pub fn describe(config: &Config, now: u64) -> Result<String> {
         };
         out += &format!("  {}  {expiry}  {}  {state}\n", hex(&k.id), k.origin);
     }
-    Ok(out)
+    // Long key names, paths and refusal reasons wrap at 80 columns (serial consoles).
+    Ok(crate::support::text::wrap_labelled(&out, 80, 4))
 }
