@@ -28,7 +28,19 @@ const NO_DUE: &str = "no due bundle";
 pub fn command(ctx: &Ctx, dir: &Path) -> Result<String> {
     let _lock = crate::node::lock::acquire_transfer(&ctx.config.state_dir)?;
     let mut info = RunInfo::default();
-    let result = scan(ctx, dir, &mut info);
+    // A stick (or drop) holding only bundles not for this node: exit 4, so the technician's
+    // wrong stick shows as `not-applicable` in status, not as `ok`. (`run`'s scans of its
+    // import_paths keep 0: a drop with the installed bundle in it is the steady state.)
+    let result = scan(ctx, dir, &mut info).and_then(|(msg, nothing_for_node)| {
+        if nothing_for_node {
+            Err(Error::new(
+                Exit::NotApplicable,
+                format!("{msg}; nothing on it for this node"),
+            ))
+        } else {
+            Ok(msg)
+        }
+    });
     finish(ctx, "import", &result, &info);
     result
 }
@@ -54,8 +66,9 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
-/// Scan `dir` with the lock held.
-pub fn scan(ctx: &Ctx, dir: &Path, info: &mut RunInfo) -> Result<String> {
+/// Scan `dir` with the lock held. Returns the account and whether every bundle there was one
+/// not for this node (skipped, none imported).
+pub fn scan(ctx: &Ctx, dir: &Path, info: &mut RunInfo) -> Result<(String, bool)> {
     let sd = &ctx.config.state_dir;
     let rd = std::fs::read_dir(dir).map_err(|e| {
         Error::usage(format!(
@@ -145,13 +158,10 @@ pub fn scan(ctx: &Ctx, dir: &Path, info: &mut RunInfo) -> Result<String> {
         msg += &format!("; skipped {}", skipped.join(", "));
     }
     match bad.first() {
-        // Only bundles not for this node (another variant, older, expired): say so with exit 4,
-        // so a technician's wrong stick shows as `not-applicable` in status, not as `ok`.
-        None if info.cycle.is_none() && done == NO_DUE && !skipped.is_empty() => Err(Error::new(
-            Exit::NotApplicable,
-            format!("{msg}; nothing on it for this node"),
-        )),
-        None => Ok(msg),
+        None => {
+            let nothing_for_node = info.cycle.is_none() && done == NO_DUE && !skipped.is_empty();
+            Ok((msg, nothing_for_node))
+        }
         Some(first) => Err(Error::new(
             first.exit,
             format!("{msg}; {} bad bundle(s), first: {}", bad.len(), first.msg),

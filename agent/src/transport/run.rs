@@ -56,7 +56,7 @@ pub fn command(ctx: &Ctx, splay: bool) -> Result<String> {
         }
         for dir in cfg.import_paths.iter().filter(|d| d.is_dir()) {
             let mut info = RunInfo::default();
-            let r = import::scan(ctx, dir, &mut info);
+            let r = import::scan(ctx, dir, &mut info).map(|(msg, _)| msg);
             finish(ctx, "import", &r, &info);
             steps.push(("import", r));
         }
