@@ -112,11 +112,16 @@ pub fn preserve(
         bytes += r.bytes;
         versions.push((name.to_string(), Some(old.clone())));
     }
-    // (A plain NAME is left out where the plan keys it per arch, NAME.ARCH: multilib.)
+    // (A plain NAME is left out where the plan keys it per arch, NAME.ARCH: rpm multilib.)
+    const ARCHES: [&str; 11] = [
+        "x86_64", "i686", "i586", "i386", "noarch", "aarch64", "armv7hl", "armhfp", "ppc64le",
+        "s390x", "riscv64",
+    ];
     let per_arch = |m: &str, n: &str| {
-        m.strip_prefix(n)
-            .and_then(|r| r.strip_prefix('.'))
-            .is_some_and(|a| !a.is_empty() && !a.contains(['.', '-']))
+        pm.name() == "dnf"
+            && m.strip_prefix(n)
+                .and_then(|r| r.strip_prefix('.'))
+                .is_some_and(|a| ARCHES.contains(&a))
     };
     for (n, v) in pre {
         if !versions.iter().any(|(m, _)| m == n || per_arch(m, n)) {
