@@ -172,9 +172,10 @@ pub fn can_use_delta(state_dir: &Path, manifest: &Manifest) -> bool {
     BaseIndex::load(&dirs).missing(manifest).is_empty()
 }
 
-/// Sha256 of a file, streaming.
+/// Sha256 of a regular file, streaming (a FIFO or device is refused, never blocked on: pool
+/// copies and cached packages are checked with it).
 pub fn file_sha256(path: &Path) -> io::Result<[u8; 32]> {
-    let mut f = File::open(path)?;
+    let mut f = crate::support::fsutil::open_regular(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -189,6 +190,19 @@ pub fn file_sha256(path: &Path) -> io::Result<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_sha256_refuses_a_fifo_without_blocking() {
+        let fifo = std::env::temp_dir().join(format!("ep-sha-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        assert!(file_sha256(&fifo).is_err());
+        std::fs::remove_file(&fifo).unwrap();
+    }
     use crate::bundle::delta::{GzMap, Recipe, Section};
     use crate::bundle::format::Encoding;
 
